@@ -1,0 +1,75 @@
+"""Command line for the data layer.
+
+    python -m emnist_jax.data info [--data SRC] [--split S] [--out DIR]
+    python -m emnist_jax.data download [--split S|all] [--dest DIR] [--format matlab|gzip]
+
+Exit codes: 0 ok, 2 bad input or data (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from emnist_jax.data import SPLITS, EmnistDataError, download, load
+from emnist_jax.data.official import ARCHIVES
+
+
+def info(data: str, split: str | None, out: str) -> None:
+    start = time.perf_counter()
+    dataset = load(data, split)
+    seconds = time.perf_counter() - start
+    kind = "SYNTHETIC embedded default (not comparable with real EMNIST)" if dataset.synthetic else "EMNIST"
+    train, test = dataset.class_counts("train"), dataset.class_counts("test")
+    print(f"source : {dataset.source}  [{kind}]")
+    print(f"split  : {dataset.split}, {dataset.n_classes} classes, loaded in {seconds:.1f} s")
+    print(f"train  : {len(dataset.train_labels):,} images   test: {len(dataset.test_labels):,} images   "
+          f"shape {dataset.train_images.shape[1:]} {dataset.train_images.dtype}, upright")
+    print(f"balance: train {train.min():,}..{train.max():,} per class "
+          f"(min '{dataset.classes[train.argmin()]}', max '{dataset.classes[train.argmax()]}'), "
+          f"test {test.min():,}..{test.max():,}")
+    print("\nlabel char    train    test  train%")
+    for label, char in enumerate(dataset.classes):
+        print(f"{label:5d} {char:>4} {train[label]:8,d} {test[label]:7,d} {100 * train[label] / train.sum():6.2f}")
+    from emnist_jax import plots  # matplotlib only when a figure is wanted
+
+    os.makedirs(out, exist_ok=True)
+    grid = plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png"))
+    counts = plots.save(plots.class_distribution(dataset), os.path.join(out, "class_distribution.png"))
+    print(f"\nwrote {grid}\nwrote {counts}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emnist_jax.data", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_info = commands.add_parser("info", help="print counts and class balance, draw samples of every class")
+    p_info.add_argument("--data", default="default",
+                        help="'default' (embedded synthetic set), emnist-<split>.mat, a folder of IDX files, "
+                             "matlab.zip or gzip.zip (default: %(default)s)")
+    p_info.add_argument("--split", choices=list(SPLITS),
+                        help="split to read (default: from the .mat file name, else byclass)")
+    p_info.add_argument("--out", default=os.path.join("reports", "data-info"),
+                        help="folder for samples.png and class_distribution.png (default: %(default)s)")
+    p_down = commands.add_parser("download", help="fetch and verify the official archive, extract a split")
+    p_down.add_argument("--split", default="byclass", choices=[*SPLITS, "all"], help="(default: %(default)s)")
+    p_down.add_argument("--dest", default="emnist", help="download folder (default: %(default)s)")
+    p_down.add_argument("--format", default="matlab", choices=list(ARCHIVES),
+                        help="matlab.zip (.mat files, as the study) or gzip.zip (IDX files) (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            info(args.data, args.split, args.out)
+        else:
+            for path in download(args.split, args.dest, args.format):
+                print(f"verified {path}")
+    except EmnistDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

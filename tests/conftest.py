@@ -1,0 +1,25 @@
+import pytest
+
+from emnist_jax.data import Dataset, default_file, load
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty array cache of its own, never the user's."""
+    monkeypatch.setenv("EMNIST_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def default_dataset(tmp_path_factory) -> Dataset:
+    """The real embedded default (60,000 + 12,000 synthetic images), made once per session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMNIST_JAX_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+        return load("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Dataset:
+    """A small synthetic byclass set (1,240 + 620 images) read through the .mat loader."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMNIST_JAX_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
+        return load(default_file(seed=1, size=(1240, 620)))

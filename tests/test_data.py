@@ -1,0 +1,299 @@
+import os
+import struct
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.io
+
+import official_layout as ol
+from emnist_jax.data import SPLITS, EmnistDataError, load
+from emnist_jax.data import cache as data_cache
+from emnist_jax.data import loading
+
+SPLIT_NAMES = list(SPLITS)
+
+
+def assert_same(dataset, data, split):
+    mapping = ol.mapping_rows(split)
+    file_labels = [row[0] for row in mapping]
+    np.testing.assert_array_equal(dataset.train_images, data["train_images"])
+    np.testing.assert_array_equal(dataset.test_images, data["test_images"])
+    np.testing.assert_array_equal(np.array(file_labels)[dataset.train_labels], data["train_labels"])
+    np.testing.assert_array_equal(np.array(file_labels)[dataset.test_labels], data["test_labels"])
+    assert dataset.classes == tuple("".join(chr(c) for c in row[1:]) for row in mapping)
+    assert dataset.file_labels == tuple(file_labels)
+    assert dataset.split == split and dataset.n_classes == SPLITS[split][0]
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_images.shape[1:] == (28, 28)
+    assert not dataset.synthetic
+
+
+# ---- round trips: every format, every split -------------------------------------------------
+
+@pytest.mark.parametrize("split", SPLIT_NAMES)
+def test_mat_round_trip(tmp_path, split):
+    data = ol.make_split(split, seed=1)
+    path = ol.write_mat(tmp_path / f"emnist-{split}.mat", data)
+    assert_same(load(path), data, split)  # split inferred from the file name
+
+
+@pytest.mark.parametrize("split", SPLIT_NAMES)
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_round_trip(tmp_path, split, compress):
+    data = ol.make_split(split, seed=2)
+    folder = ol.write_idx_folder(tmp_path / "gzip", split, data, compress)
+    assert_same(load(folder, split), data, split)
+
+
+@pytest.mark.parametrize("split", SPLIT_NAMES)
+def test_official_archives_round_trip(tmp_path, split):
+    data = ol.make_split(split, seed=3)
+    members = {f"gzip/{name}": payload for name, payload in ol.idx_members(split, data).items()}
+    assert_same(load(ol.write_zip(tmp_path / "gzip.zip", members), split), data, split)
+    matlab = ol.write_zip(tmp_path / "matlab.zip", {f"matlab/emnist-{split}.mat": ol.mat_bytes(data)})
+    assert_same(load(matlab, split), data, split)
+
+
+def test_folder_with_several_splits_reads_the_requested_one(tmp_path):
+    letters, digits = ol.make_split("letters", seed=4), ol.make_split("digits", seed=5)
+    ol.write_idx_folder(tmp_path, "letters", letters)
+    ol.write_idx_folder(tmp_path, "digits", digits)
+    assert_same(load(tmp_path, "digits"), digits, "digits")
+    assert_same(load(tmp_path, "letters"), letters, "letters")
+
+
+# ---- orientation and mapping ------------------------------------------------------------------
+
+def test_images_come_back_upright(tmp_path):
+    # An upright 'F': full-height left stem, top bar to the right, shorter middle bar.
+    glyph = np.zeros((28, 28), np.uint8)
+    glyph[4:24, 6] = 255
+    glyph[4, 6:20] = 255
+    glyph[13, 6:15] = 255
+    # The official layout stores the transpose, row by row: stored[p] = glyph[p % 28, p // 28].
+    stored = np.array([glyph[p % 28, p // 28] for p in range(784)], np.uint8)
+    data = ol.make_split("digits", n_train=10, n_test=10)
+    data["train_images"][0] = glyph
+    path = ol.write_mat(tmp_path / "emnist-digits.mat", data)
+    assert np.array_equal(scipy.io.loadmat(path)["dataset"][0, 0]["train"][0, 0]["images"][0], stored)
+    image = load(path).train_images[0]
+    assert image[4:24, 6].all() and image[4, 6:20].all() and image[13, 6:15].all()
+    assert image[5:24, 7:].sum() == 255 * len(range(7, 15))  # only the middle bar right of the stem
+    assert not np.array_equal(image, image.T)
+
+
+def test_letters_mapping_is_read_not_guessed(tmp_path):
+    data = ol.make_split("letters", n_train=52, n_test=26)
+    dataset = load(ol.write_mat(tmp_path / "emnist-letters.mat", data))
+    assert dataset.classes[0] == "Aa" and dataset.classes[25] == "Zz"
+    assert dataset.file_labels == tuple(range(1, 27))
+    assert dataset.train_labels.min() == 0 and dataset.train_labels.max() == 25
+    np.testing.assert_array_equal(dataset.train_labels + 1, data["train_labels"])
+
+
+def test_a_custom_mapping_is_followed(tmp_path):
+    data = ol.make_split("digits", n_train=10, n_test=10)
+    data["mapping"] = [[i, ord("abcdefghij"[i])] for i in range(10)]  # not the official one
+    assert load(ol.write_mat(tmp_path / "emnist-digits.mat", data)).classes == tuple("abcdefghij")
+
+
+# ---- bad input: one test per case --------------------------------------------------------------
+
+def assert_error(match, source, split=None):
+    with pytest.raises(EmnistDataError, match=match) as info:
+        load(source, split)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_missing_file(tmp_path):
+    assert str(tmp_path / "nope.mat") in assert_error("file not found", tmp_path / "nope.mat")
+
+
+def test_wrong_extension(tmp_path):
+    path = tmp_path / "emnist.csv"
+    path.write_text("1,2,3")
+    assert str(path) in assert_error("unsupported file type", path)
+
+
+def test_unknown_split(tmp_path):
+    assert_error("unknown split 'bogus'", tmp_path, "bogus")
+
+
+def test_truncated_gzip(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"))
+    path = folder / "emnist-mnist-train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-40])
+    assert str(path) in assert_error("truncated", folder, "mnist")
+
+
+def test_corrupt_gzip(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"))
+    path = folder / "emnist-mnist-train-labels-idx1-ubyte.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + b"garbage" * 20)
+    assert str(path) in assert_error("corrupt or truncated gzip", folder, "mnist")
+
+
+def test_corrupt_zip(tmp_path):
+    data = ol.make_split("mnist")
+    path = ol.write_zip(tmp_path / "matlab.zip", {"matlab/emnist-mnist.mat": ol.mat_bytes(data)})
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert str(path) in assert_error("corrupt or truncated zip", path, "mnist")
+
+
+def test_zip_member_with_bad_crc(tmp_path):
+    data = ol.make_split("mnist")
+    path = ol.write_zip(tmp_path / "gzip.zip", ol.idx_members("mnist", data, compress=True))
+    raw = bytearray(path.read_bytes())
+    offset = raw.find(b"\x1f\x8b")  # flip a byte inside the first stored gzip member
+    raw[offset + 2000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert str(path) in assert_error("corrupt", path, "mnist")
+
+
+def test_corrupt_mat(tmp_path):
+    path = tmp_path / "emnist-mnist.mat"
+    path.write_bytes(ol.mat_bytes(ol.make_split("mnist"))[:300])
+    assert str(path) in assert_error("not a readable MATLAB file", path)
+
+
+def test_mat_without_dataset_struct(tmp_path):
+    path = tmp_path / "emnist-mnist.mat"
+    scipy.io.savemat(path, {"images": np.zeros((2, 784), np.uint8)})
+    assert str(path) in assert_error("no 'dataset' struct", path)
+
+
+def test_mat_struct_without_fields(tmp_path):
+    path = tmp_path / "emnist-mnist.mat"
+    scipy.io.savemat(path, {"dataset": {"train": {"images": np.zeros((2, 784), np.uint8)}}})
+    assert_error("lacks train/test", path)
+
+
+def test_wrong_idx_magic(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"), compress=False)
+    path = folder / "emnist-mnist-test-labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">i", 2050) + path.read_bytes()[4:])
+    assert str(path) in assert_error("wrong IDX magic number 2050", folder, "mnist")
+
+
+def test_idx_header_count_larger_than_payload(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"), compress=False)
+    path = folder / "emnist-mnist-train-images-idx3-ubyte"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:4] + struct.pack(">i", 41) + raw[8:])
+    assert str(path) in assert_error("header says 41 items but the payload ends after 40", folder, "mnist")
+
+
+def test_idx_payload_longer_than_header(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"), compress=False)
+    path = folder / "emnist-mnist-train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes() + b"\x01")
+    assert str(path) in assert_error("payload is longer", folder, "mnist")
+
+
+def test_image_and_label_counts_disagree(tmp_path):
+    data = ol.make_split("mnist", n_train=40)
+    data["train_labels"] = data["train_labels"][:39]
+    folder = ol.write_idx_folder(tmp_path, "mnist", data)
+    assert_error("40 images but 39 labels", folder, "mnist")
+
+
+def test_labels_outside_the_mapping(tmp_path):
+    data = ol.make_split("digits")
+    data["test_labels"][3] = 12
+    path = ol.write_mat(tmp_path / "emnist-digits.mat", data)
+    assert str(path) in assert_error(r"1 labels are not in the mapping \(e.g. \[12\]", path)
+
+
+def test_mapping_size_must_match_split(tmp_path):
+    path = ol.write_mat(tmp_path / "data.mat", ol.make_split("digits"))
+    assert_error("mapping has 10 classes but split 'byclass' has 62", path, "byclass")
+
+
+def test_mat_name_and_split_disagree(tmp_path):
+    path = ol.write_mat(tmp_path / "emnist-digits.mat", ol.make_split("digits"))
+    assert_error("holds split 'digits', not 'letters'", path, "letters")
+
+
+def test_folder_without_mapping_file(tmp_path):
+    folder = ol.write_idx_folder(tmp_path, "mnist", ol.make_split("mnist"))
+    (folder / "emnist-mnist-mapping.txt").unlink()
+    assert_error("mapping.txt: file not found", folder, "mnist")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    path = tmp_path / "emnist-mnist.mat"
+    path.write_bytes(b"not a mat file at all" * 10)
+    result = subprocess.run([sys.executable, "-m", "emnist_jax.data", "info", "--data", str(path)],
+                            capture_output=True, text=True, env={**os.environ})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---- cache ------------------------------------------------------------------------------------
+
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    data = ol.make_split("balanced")
+    path = ol.write_mat(tmp_path / "emnist-balanced.mat", data)
+    load(path)
+    monkeypatch.setattr(loading, "_read_source", lambda *a: pytest.fail("re-read despite the cache"))
+    assert_same(load(path), data, "balanced")
+
+
+def test_cache_is_invalidated_when_the_file_changes(tmp_path):
+    path = tmp_path / "emnist-mnist.mat"
+    ol.write_mat(path, ol.make_split("mnist", seed=1))
+    load(path)
+    changed = ol.make_split("mnist", seed=2)
+    ol.write_mat(path, changed)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert_same(load(path), changed, "mnist")
+
+
+def test_corrupt_cache_entry_is_rebuilt_not_used(tmp_path):
+    data = ol.make_split("mnist")
+    path = ol.write_mat(tmp_path / "emnist-mnist.mat", data)
+    load(path)
+    (entry,) = data_cache.cache_dir().glob("arrays-*.npz")
+    raw = bytearray(entry.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped byte inside the image array: the zip CRC catches it
+    entry.write_bytes(bytes(raw))
+    assert_same(load(path), data, "mnist")
+    assert data_cache.read(data_cache.fingerprint([str(path)], "mnist")) is not None  # rebuilt
+
+
+# ---- memory --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["idx", "mat"])
+def test_loading_peak_is_about_two_copies_of_the_images(tmp_path, kind):
+    data = ol.make_split("mnist", n_train=30_000, n_test=10)
+    # EMNIST-like sparsity (2/3 zeros): a .mat is read whole while compressed, and real
+    # EMNIST compresses to ~0.4 of its size; incompressible noise would measure something else.
+    data["train_images"][data["train_images"] < 170] = 0
+    source = (ol.write_idx_folder(tmp_path, "mnist", data) if kind == "idx"
+              else ol.write_mat(tmp_path / "emnist-mnist.mat", data))
+    image_bytes = data["train_images"].nbytes
+    tracemalloc.start()
+    load(source, "mnist", use_cache=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2.3 * image_bytes, f"peak {peak / image_bytes:.2f} copies"
+
+
+# ---- the embedded default --------------------------------------------------------------------
+
+def test_default_is_synthetic_byclass_read_through_the_mat_loader(default_dataset):
+    ds = default_dataset
+    assert ds.synthetic and ds.source == "default" and ds.split == "byclass"
+    assert ds.classes == tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+    assert ds.train_images.shape == (60_000, 28, 28) and ds.test_images.shape == (12_000, 28, 28)
+    assert set(np.unique(ds.class_counts("train"))) <= {967, 968}
+    assert 0.5 < (ds.train_images == 0).mean() < 0.8  # black background, white strokes
+
+
+def test_default_refuses_other_splits():
+    assert_error("only the byclass split", "default", "letters")
+
