@@ -1,0 +1,82 @@
+"""The original study's CNN (section 6.2) in Flax.
+
+Conv 32/64/128 (3x3, 'same') each followed by LeakyReLU(0.1) and 2x2 max-pool ('same'
+padding: 28 -> 14 -> 7 -> 4), Dense 128, LeakyReLU, Dense logits. Kernels are Glorot-uniform
+and biases zero, as Keras' defaults. 362,942 parameters for 62 classes.
+
+Two interchangeable ways to compute the same layers (same parameters, same numbers to float
+rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
+- ``"xla"``: ``lax.conv_general_dilated``, XLA's native convolution (fast on GPU/TPU);
+- ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, which
+  XLA CPU runs much faster inside ``lax.scan`` and whose weight gradient is a plain matmul.
+Max-pooling is a reshape and a max in both (``reduce_window``'s backward pass was half of the
+step time on CPU).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+FILTERS = (32, 64, 128)
+HIDDEN = 128
+
+
+def n_params(n_classes: int = 62, filters: tuple[int, ...] = FILTERS, hidden: int = HIDDEN) -> int:
+    """Parameter count of the architecture, derived layer by layer (= Keras' model.summary())."""
+    count, channels, side = 0, 1, 28
+    for f in filters:
+        count += (3 * 3 * channels + 1) * f   # kernel + bias
+        channels, side = f, -(-side // 2)      # 'same' pooling rounds up
+    count += (side * side * channels + 1) * hidden
+    return count + (hidden + 1) * n_classes
+
+
+def max_pool_same(x: jax.Array) -> jax.Array:
+    """2x2/2 max-pool with TensorFlow 'SAME' padding (the extra row/column at bottom/right)."""
+    n, h, w, c = x.shape
+    if h % 2 or w % 2:
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, c).max(axis=(2, 4))
+
+
+def conv3x3_slices(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'same' 3x3 convolution as one matmul over the 9 shifted copies of the input."""
+    n, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    return patches @ kernel.reshape(9 * c, -1)
+
+
+def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Conv3x3(nn.Module):
+    features: int
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.glorot_uniform(), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        conv = conv3x3_slices if self.impl == "slices" else conv3x3_xla
+        return conv(x, kernel) + bias
+
+
+class StudyCNN(nn.Module):
+    """Input: (N, 28, 28, 1) floats in [0, 1]; output: (N, n_classes) logits."""
+
+    n_classes: int = 62
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for features in FILTERS:
+            x = Conv3x3(features, impl=self.conv_impl)(x)
+            x = max_pool_same(nn.leaky_relu(x, negative_slope=0.1))
+        x = x.reshape(x.shape[0], -1)  # flatten H, W, C as Keras does (NHWC)
+        dense = nn.Dense(HIDDEN, kernel_init=nn.initializers.glorot_uniform())(x)
+        x = nn.leaky_relu(dense, negative_slope=0.1)
+        return nn.Dense(self.n_classes, kernel_init=nn.initializers.glorot_uniform())(x)
