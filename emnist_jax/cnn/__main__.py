@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = load(args.data, args.split)
         result = train_and_evaluate(dataset, config, workdir=args.workdir, resume=args.resume,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, on_epoch=lambda e: print(e, flush=True))
     except (EmnistDataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

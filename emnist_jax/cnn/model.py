@@ -7,8 +7,8 @@ and biases zero, as Keras' defaults. 362,942 parameters for 62 classes.
 Two interchangeable ways to compute the same layers (same parameters, same numbers to float
 rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
 - ``"xla"``: ``lax.conv_general_dilated``, XLA's native convolution (fast on GPU/TPU);
-- ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, which
-  XLA CPU runs much faster inside ``lax.scan`` and whose weight gradient is a plain matmul.
+- ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, whose
+  weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``.
 Max-pooling is a reshape and a max in both (``reduce_window``'s backward pass was half of the
 step time on CPU).
 """

@@ -1,0 +1,140 @@
+"""The study's CNN: training and evaluation throughput, compile time, accuracy after short training."""
+
+import numpy as np
+
+from . import common
+
+
+class TrainStep:
+    """One jitted call of K training steps (K per backend, see TrainConfig.resolved)."""
+
+    params = ([64, 256], [common.backend()])
+    param_names = ["batch", "backend"]
+    timeout = 300
+
+    def setup(self, batch, backend):
+        import jax
+        import jax.numpy as jnp
+
+        from emnist_jax.cnn import TrainConfig
+        from emnist_jax.cnn.train import create_state, make_mesh, train_calls
+
+        self.config = TrainConfig(batch_size=batch).resolved()
+        self.mesh = make_mesh()
+        rng = np.random.default_rng(common.SEED)
+        self.images = jnp.asarray(rng.integers(0, 256, (4096, 28, 28), dtype=np.uint8))
+        self.labels = jnp.asarray(rng.integers(0, 62, 4096).astype(np.int32))
+        self.index = jnp.asarray(rng.integers(0, 4096, (self.config.steps_per_call, batch)).astype(np.int32))
+        self.state = create_state(self.config, 62, jax.random.key(0))
+        self.sums = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        self.train_calls = train_calls
+        self.state, self.sums = train_calls(self.state, self.images, self.labels, self.index, self.sums, mesh=self.mesh)
+        jax.block_until_ready(self.sums)
+
+    def time_train_call(self, batch, backend):
+        import jax
+
+        self.state, self.sums = self.train_calls(self.state, self.images, self.labels, self.index, self.sums,
+                                                 mesh=self.mesh)
+        jax.block_until_ready(self.sums)
+
+    def track_train_images_per_second(self, batch, backend):
+        import time
+
+        import jax
+
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 3.0:
+            self.state, self.sums = self.train_calls(self.state, self.images, self.labels, self.index, self.sums,
+                                                     mesh=self.mesh)
+            calls += 1
+        jax.block_until_ready(self.sums)
+        return calls * self.config.steps_per_call * batch / (time.perf_counter() - start)
+
+    track_train_images_per_second.unit = "images/s"
+
+
+class EvalStep:
+    params = ([64, 256], [common.backend()])
+    param_names = ["batch", "backend"]
+
+    def setup(self, batch, backend):
+        import jax
+        import jax.numpy as jnp
+
+        from emnist_jax.cnn import TrainConfig
+        from emnist_jax.cnn.train import _eval_batch, create_state, make_mesh
+
+        config = TrainConfig().resolved()
+        self.state = create_state(config, 62, jax.random.key(0))
+        self.mesh = make_mesh()
+        rng = np.random.default_rng(common.SEED)
+        self.x = jnp.asarray(rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8))
+        self.y = jnp.zeros(batch, jnp.int32)
+        self.mask = jnp.ones(batch)
+        self.eval_batch = _eval_batch
+        jax.block_until_ready(self.run())
+
+    def run(self):
+        return self.eval_batch(self.state.params, self.x, self.y, self.mask, apply_fn=self.state.apply_fn,
+                               mesh=self.mesh)
+
+    def time_eval_batch(self, batch, backend):
+        import jax
+
+        jax.block_until_ready(self.run())
+
+
+class Compile:
+    """Trace + compile of the training call, as its own figure."""
+
+    params = [common.backend()]
+    param_names = ["backend"]
+    timeout = 300
+
+    def setup(self, backend):
+        import jax
+        import jax.numpy as jnp
+
+        from emnist_jax.cnn import TrainConfig
+        from emnist_jax.cnn.train import create_state, make_mesh
+
+        self.config = TrainConfig().resolved()
+        self.state = create_state(self.config, 62, jax.random.key(0))
+        self.mesh = make_mesh()
+        self.args = (jnp.zeros((256, 28, 28), jnp.uint8), jnp.zeros(256, jnp.int32),
+                     jnp.zeros((self.config.steps_per_call, 64), jnp.int32))
+
+    def time_compile_train_call(self, backend):
+        import jax
+        import jax.numpy as jnp
+
+        from emnist_jax.cnn.train import train_calls
+
+        sums = {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        jax.jit(train_calls.__wrapped__, static_argnames=("mesh",)).lower(
+            self.state, *self.args, sums, mesh=self.mesh).compile()
+
+
+class ShortTraining:
+    """Accuracy on 2,000 test images after 1 epoch on 6,000 embedded-default images (seeded)."""
+
+    params = [common.backend()]
+    param_names = ["backend"]
+    timeout = 600
+
+    def setup_cache(self):
+        import dataclasses
+
+        from emnist_jax.cnn import TrainConfig, train_and_evaluate
+
+        ds = common.default_dataset()
+        small = dataclasses.replace(ds, train_images=ds.train_images[:6000], train_labels=ds.train_labels[:6000],
+                                    test_images=ds.test_images[:2000], test_labels=ds.test_labels[:2000])
+        result = train_and_evaluate(small, TrainConfig(epochs=1, protocol="official"), progress=False)
+        return result.evaluations["test"].accuracy
+
+    def track_test_accuracy_after_1_epoch(self, accuracy, backend):
+        return accuracy
+
+    track_test_accuracy_after_1_epoch.unit = "accuracy"

@@ -1,0 +1,24 @@
+"""The report's quick profile on the embedded default, as a whole."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from . import common
+
+
+class QuickReport:
+    params = [common.backend()]
+    param_names = ["backend"]
+    timeout = 1200
+    number = 1
+    repeat = 1
+
+    def setup_cache(self):
+        common.default_dataset()  # generate the embedded set outside the timing
+
+    def time_report_quick(self, _, backend):
+        with tempfile.TemporaryDirectory() as out:
+            subprocess.run([sys.executable, "-m", "emnist_jax.report", "--out", os.path.join(out, "r")],
+                           check=True, stdout=subprocess.DEVNULL)

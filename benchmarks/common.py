@@ -1,0 +1,49 @@
+"""Shared data and sizes for the asv benchmarks.
+
+Data come from the embedded default (generated once into ``$EMNIST_JAX_CACHE``, outside any
+timing, by the ``setup_cache`` of each benchmark file). Sizes keep ``asv run --quick`` of the
+whole suite under 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: rows used by the MI and logistic-regression benchmarks
+N_ROWS = 10_000
+SEED = 0
+
+
+def backend() -> str:
+    """The JAX backend the results were measured on (cpu/gpu/tpu), recorded as a parameter."""
+    import jax
+
+    return jax.default_backend()
+
+
+def default_dataset():
+    from emnist_jax.data import load
+
+    return load("default")
+
+
+def study_rows(n: int = N_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The first n training images in the files' pixel order, and labels, as the study used them."""
+    from emnist_jax.data import file_rows
+
+    ds = default_dataset()
+    return file_rows(ds.train_images[:n]), ds.train_labels[:n].astype(np.int64)
+
+
+def pca_features(n: int = N_ROWS, components: int = 29):
+    """Standardised PCA scores of a 70/30 split: the setting of the study's logistic regression."""
+    from sklearn.decomposition import PCA
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = study_rows(n)
+    X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, test_size=0.3, random_state=SEED)
+    pca = PCA(components, random_state=SEED).fit(X_train)
+    scaler = StandardScaler().fit(pca.transform(X_train))
+    return (scaler.transform(pca.transform(X_train)).astype(np.float32), y_train,
+            scaler.transform(pca.transform(X_test)).astype(np.float32), y_test)
