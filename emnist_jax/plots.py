@@ -107,20 +107,24 @@ def mi_heatmap(mi_file_order: np.ndarray, title: str, top: int = 10, side: int =
     return fig
 
 
+def _accuracy_axes(fig: plt.Figure, ax: plt.Axes, xlabel: str, title: str) -> plt.Figure:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def rf_vs_top_k(k: np.ndarray, accuracy: np.ndarray, subtitle: str,
                 study: tuple[np.ndarray, np.ndarray] | None = None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(k, accuracy, "o-", label="this run (one seeded split, forest seeded)")
     if study is not None:
         ax.plot(*study, "--", color="grey", label="original study (real EMNIST, new split per k)")
-    ax.set_xlabel("number of top-MI pixels k")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"RandomForest accuracy vs top-k MI pixels\n{subtitle}", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _accuracy_axes(fig, ax, "number of top-MI pixels k", f"RandomForest accuracy vs top-k MI pixels\n{subtitle}")
 
 
 def pca_curves(n: np.ndarray, logreg: np.ndarray, converged: np.ndarray, rf: np.ndarray, jax_: np.ndarray,
@@ -132,14 +136,7 @@ def pca_curves(n: np.ndarray, logreg: np.ndarray, converged: np.ndarray, rf: np.
                    label="lbfgs did not converge")
     ax.plot(n, rf, "s-", label="RandomForest (never fitted in the study)")
     ax.plot(n, jax_, "^-", label="JAX one-vs-rest (Newton, standardised)")
-    ax.set_xlabel("PCA components")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"PCA dimensionality reduction vs accuracy\n{subtitle}", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _accuracy_axes(fig, ax, "PCA components", f"PCA dimensionality reduction vs accuracy\n{subtitle}")
 
 
 # ---- CNN ---------------------------------------------------------------------------------------------

@@ -92,6 +92,13 @@ class Run:
         return self.cache["rows"]
 
 
+def bar(total: int, desc: str):
+    """A tqdm bar for a long loop inside a stage (shown on a terminal only)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"           {desc}", leave=False, disable=not sys.stderr.isatty())
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> dict:
     return {"headers": headers, "rows": [[fmt(v) for v in row] for row in rows]}
 
@@ -182,7 +189,9 @@ def stage_rf(run: Run) -> None:
     X_train, _, y_train, _ = baselines.study_split(X, y, cfg.test_size, run.seed)
     ranking = rank_pixels(mutual_information(X_train, y_train, run.dataset.n_classes, bins=cfg.mi_bins))
     ks = [k for k in cfg.ks if k <= X.shape[1]]
-    result = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks, cfg.test_size, run.seed, cfg.rf_trees, cfg.n_jobs)
+    with bar(len(ks), "forests (k)") as progress:
+        result = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks, cfg.test_size, run.seed, cfg.rf_trees, cfg.n_jobs,
+                                                progress=lambda k: progress.update())
     run.metrics["rf_topk"] = {"k": result.k.tolist(), "accuracy": result.accuracy.tolist(),
                               "n_train": result.n_train, "n_test": result.n_test, "n_estimators": cfg.rf_trees,
                               "ranking": "JAX MI on the training part of the split"}
@@ -202,8 +211,9 @@ def stage_pca(run: Run) -> None:
 
     X, y = run.study_rows()
     cfg = run.profile.classic
-    r = baselines.pca_sweep(X, y, cfg.pca_components, cfg.test_size, run.seed, cfg.rf_trees, cfg.logreg_max_iter,
-                            cfg.n_jobs)
+    with bar(len(cfg.pca_components), "PCA sizes") as progress:
+        r = baselines.pca_sweep(X, y, cfg.pca_components, cfg.test_size, run.seed, cfg.rf_trees,
+                                cfg.logreg_max_iter, cfg.n_jobs, progress=lambda n: progress.update())
     run.metrics["pca"] = {"n_components": r.n_components.tolist(), "logreg": r.logreg.tolist(),
                           "logreg_converged": r.logreg_converged.tolist(), "rf": r.rf.tolist(), "jax": r.jax.tolist(),
                           "logreg_max_iter": cfg.logreg_max_iter, "n_train": r.n_train, "n_test": r.n_test}
