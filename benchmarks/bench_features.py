@@ -29,11 +29,12 @@ class MutualInformation:
 
         sklearn_mutual_information(self.X, self.y, discrete=True)
 
-    def time_sklearn_default_2000_rows(self, data, backend):
-        # The study's k-NN estimator; 2,000 rows keep it to seconds (50,000 took 325 s here).
+    def time_sklearn_default_2000_rows_98_pixels(self, data, backend):
+        # The study's k-NN estimator costs about 0.1 s per pixel even on few rows (all 784 pixels
+        # of 50,000 rows took 325 s here); every 8th pixel of 2,000 rows keeps it to seconds.
         from emnist_jax.baselines import sklearn_mutual_information
 
-        sklearn_mutual_information(self.X[:2000], self.y[:2000], discrete=False, seed=common.SEED)
+        sklearn_mutual_information(self.X[:2000, ::8], self.y[:2000], discrete=False, seed=common.SEED)
 
     def track_spearman_vs_sklearn_discrete(self, data, backend):
         from scipy.stats import spearmanr
