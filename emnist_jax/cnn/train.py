@@ -238,7 +238,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
     state = jax.device_put(create_state(config, dataset.n_classes, jax.random.fold_in(key, 0)),
                            NamedSharding(mesh, P()))
     n, batch, k = len(train_rows), config.batch_size, config.steps_per_call
-    calls = -(-(-(-n // batch)) // k)
+    steps = -(-n // batch)   # the last batch may be partial
+    calls = -(-steps // k)   # the last call may hold padding steps, which change nothing
 
     replicated = NamedSharding(mesh, P())
 
