@@ -365,8 +365,8 @@ def comparison(run: Run) -> dict:
          f"{pca['logreg_converged'].count(False)} of {len(pca['logreg_converged'])}" if pca else missing],
         ["CNN parameters", f"{o.CNN_PARAMS:,}", f"{cnn['n_params']:,}" if cnn else missing],
         ["CNN train / hold-out sizes", f"{o.CNN_TRAIN:,} / {o.CNN_HOLDOUT:,}",
-         f"{cnn['n_train']:,} / {cnn['test']['n'] if cnn.get('holdout_accuracy') is None else len(d.train_labels) - cnn['n_train']:,}"
-         if cnn else missing],
+         (f"{cnn['n_train']:,} / {len(d.train_labels) - cnn['n_train']:,}" if cnn.get("holdout_accuracy") is not None
+          else f"{cnn['n_train']:,} / none (official protocol)") if cnn else missing],
     ]
     epochs = cnn.get("epochs", [])
     for i, name in ((0, "CNN epoch-1 train loss / acc"), (9, "CNN epoch-10 train loss / acc")):
