@@ -15,7 +15,7 @@ measured on it are not comparable with the real EMNIST and every output says "sy
     >>> from emnist_jax.synthetic import generate
     >>> train_x, train_y, test_x, test_y = generate(n_train=620, n_test=62, seed=0)
 
-Measured: 60,000 + 12,000 images in about 10 s on 2 cores (``python -m emnist_jax.data info``
+Measured: 60,000 + 12,000 images in about 16 s on 2 cores (``python -m emnist_jax.data info``
 on a fresh cache).
 """
 
