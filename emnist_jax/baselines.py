@@ -45,15 +45,6 @@ class ClassicConfig:
     n_jobs: int | None = -1
 
 
-PROFILES = {
-    "full": ClassicConfig(),
-    # About a minute per study on 2 cores: fewer rows, k values, components and trees.
-    "quick": ClassicConfig(n_rows=20_000, ks=(2, 4, 8, 16, 20, 24, 32, 48, 64), rf_trees=30,
-                           pca_components=(1, 2, 4, 8, 12, 16, 20, 24, 29), logreg_max_iter=2_000,
-                           sklearn_mi="discrete"),
-}
-
-
 def study_split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int):
     """One seeded train/test split, shared by every point of a sweep."""
     return train_test_split(X, y, test_size=test_size, random_state=seed)

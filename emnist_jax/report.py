@@ -32,25 +32,10 @@ import numpy as np
 STAGES = ("data", "mi", "rf", "pca", "logreg", "cnn")
 
 
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """What each stage runs. ``full`` is the original study's protocol."""
+def profiles() -> dict:
+    from emnist_jax.profiles import PROFILES
 
-    classic: Any                 # emnist_jax.baselines.ClassicConfig
-    gd_iterations: int           # the study's gradient ascent (5,000 in the study)
-    cnn_epochs: int
-
-
-def profiles() -> dict[str, Profile]:
-    from emnist_jax.baselines import PROFILES, ClassicConfig
-
-    return {
-        "full": Profile(PROFILES["full"], gd_iterations=5000, cnn_epochs=10),
-        "quick": Profile(PROFILES["quick"], gd_iterations=1000, cnn_epochs=2),
-        # For tests and trying the command: seconds, numbers meaningless.
-        "smoke": Profile(ClassicConfig(n_rows=2000, ks=(2, 8, 32), rf_trees=5, pca_components=(2, 10),
-                                       logreg_max_iter=200, sklearn_mi="discrete"), gd_iterations=50, cnn_epochs=1),
-    }
+    return PROFILES
 
 
 @dataclasses.dataclass
@@ -59,7 +44,7 @@ class Run:
 
     dataset: Any
     profile_name: str
-    profile: Profile
+    profile: Any
     seed: int
     out: Path
     metrics: dict = dataclasses.field(default_factory=dict)
@@ -284,7 +269,7 @@ def stage_cnn(run: Run) -> None:
     from emnist_jax.cnn.malloc import tune_malloc
 
     tune_malloc()
-    config = TrainConfig(epochs=run.profile.cnn_epochs, seed=run.seed)
+    config = dataclasses.replace(run.profile.cnn, seed=run.seed)
     result = train_and_evaluate(run.dataset, config, progress=sys.stderr.isatty(),
                                 on_epoch=lambda e: print(f"           cnn {e}", flush=True))
     test = result.evaluations["test"]
