@@ -26,7 +26,7 @@ class LogisticRegression:
         logreg.ovr_fit_gd(self.train, self.y_train, 62, n_iter=100).coef.block_until_ready()
 
     def time_study_gd_numpy_2_iterations(self, data, backend):
-        from . import study_reference
+        from emnist_jax import study_reference
 
         study_reference.fit(self.train.astype(np.float64), self.y_train, max_iter=2)
 

@@ -35,15 +35,12 @@ def study_rows(n: int = N_ROWS) -> tuple[np.ndarray, np.ndarray]:
     return file_rows(ds.train_images[:n]), ds.train_labels[:n].astype(np.int64)
 
 
-def pca_features(n: int = N_ROWS, components: int = 29):
-    """Standardised PCA scores of a 70/30 split: the setting of the study's logistic regression."""
-    from sklearn.decomposition import PCA
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
+def pca_features(n: int = N_ROWS, components: int = 29, test_size: float = 0.3):
+    """Standardised PCA scores of the study split: the setting of the study's logistic regression."""
+    from emnist_jax.baselines import study_split
+    from emnist_jax.features import standardized_pca
 
     X, y = study_rows(n)
-    X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, test_size=0.3, random_state=SEED)
-    pca = PCA(components, random_state=SEED).fit(X_train)
-    scaler = StandardScaler().fit(pca.transform(X_train))
-    return (scaler.transform(pca.transform(X_train)).astype(np.float32), y_train,
-            scaler.transform(pca.transform(X_test)).astype(np.float32), y_test)
+    X_train, X_test, y_train, y_test = study_split(X, y, test_size, SEED)
+    train, test = standardized_pca(X_train, X_test, components, SEED)
+    return train, y_train, test, y_test

@@ -1,22 +1,36 @@
-"""The original study's classic experiments (sections 3-4) with scikit-learn, seeded and fixed.
+"""The original study's classic experiments (sections 3-5), seeded and fixed, as result objects.
 
-- :func:`sklearn_mutual_information`: ``mutual_info_classif`` as the study called it.
-- :func:`rf_accuracy_vs_top_k`: RandomForest accuracy on the top-k MI pixels, k = 2..64.
-- :func:`pca_sweep`: PCA(n) then sklearn ``LogisticRegression(max_iter=10000)`` (convergence
-  recorded), a RandomForest (the study built one per n and never fitted it; we fit it), and our
-  JAX logistic regression (``emnist_jax.logreg``) on standardised PCA scores.
+- :func:`mi_study`: our JAX mutual information beside ``mutual_info_classif`` as the study called
+  it (k-NN estimator), with their rank agreement.
+- :func:`rf_accuracy_vs_top_k` (:func:`rf_study`): RandomForest accuracy on the top-k MI pixels,
+  k = 2..64, pixels ranked on the training part only (:func:`train_only_ranking`).
+- :func:`pca_sweep` (:func:`pca_study`): PCA(n), then sklearn ``LogisticRegression(max_iter=10000)``
+  (convergence recorded), a RandomForest (the study built one per n and never fitted it; we fit
+  it) and our JAX logistic regression (``emnist_jax.logreg``) on standardised PCA scores.
+- :func:`logreg_study`: the study's gradient ascent, our Newton solver and sklearn on 29
+  standardised PCA components.
+
+Each result has ``to_json()``: the ``metrics.json`` keys documented in the README.
 
 Defects of the study fixed openly: every split and forest takes a seed; one split is drawn
 once and shared by every k and n (the study re-drew both per point, mixing feature effects with
 split noise); labels are flat. Pixels are in the files' (transposed) order, as in the study.
+
+Cost at ByClass size (35,000 training rows, 62 classes): one fully grown forest of 100 trees
+holds ~1.5 GB of node arrays, so forests are scored and freed one at a time (:func:`forest_accuracy`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
+import numbers
 import time
 import warnings
+from typing import Callable
 
+import jax
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
@@ -27,6 +41,22 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from emnist_jax import logreg
+from emnist_jax.features import PCA_SOLVER, file_to_upright, mutual_information, rank_pixels, standardized_pca
+
+#: the study's logistic regression ran on 29 PCA components (its PCA loop's largest n)
+LOGREG_PCA_COMPONENTS = 29
+#: step of the study's hand-written gradient ascent (ORIGINAL_STUDY.md section 5)
+STUDY_GD_ALPHA = 0.1
+#: how many top pixels the MI comparison keeps and compares (the RandomForest's largest k)
+TOP_PIXELS = 64
+PIXEL_ORDER = "file (transposed); upright row = p % 28, column = p // 28"
+SKLEARN_MI_CHOICES = ("default", "discrete", "none")
+
+Progress = Callable[[int], None] | None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +74,156 @@ class ClassicConfig:
     seed: int = 0
     n_jobs: int | None = -1
 
+    def __post_init__(self) -> None:
+        for name in ("ks", "pca_components"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                raise ValueError(f"ClassicConfig.{name} must be a sequence of positive integers, got {values!r}")
+            values = tuple(values)
+            if not values or not all(_is_int(v) and v >= 1 for v in values):
+                raise ValueError(f"ClassicConfig.{name} must be a non-empty sequence of positive integers, "
+                                 f"got {values!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        checks = (
+            ("n_rows", _is_int(self.n_rows) and self.n_rows >= 2, "an integer >= 2"),
+            ("test_size", isinstance(self.test_size, numbers.Real) and not isinstance(self.test_size, bool)
+             and 0 < self.test_size < 1, "a number strictly between 0 and 1"),
+            ("rf_trees", _is_int(self.rf_trees) and self.rf_trees >= 1, "an integer >= 1"),
+            ("logreg_max_iter", _is_int(self.logreg_max_iter) and self.logreg_max_iter >= 1, "an integer >= 1"),
+            ("sklearn_mi", self.sklearn_mi in SKLEARN_MI_CHOICES, f"one of {', '.join(SKLEARN_MI_CHOICES)}"),
+            ("mi_bins", _is_int(self.mi_bins) and 2 <= self.mi_bins <= 256, "an integer in 2..256"),
+            ("seed", _is_int(self.seed) and 0 <= self.seed < 2**32, "an integer in 0..2**32-1"),
+            ("n_jobs", self.n_jobs is None or (_is_int(self.n_jobs) and self.n_jobs != 0),
+             "None or a non-zero integer"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"ClassicConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
 
 def study_split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int):
     """One seeded train/test split, shared by every point of a sweep."""
     return train_test_split(X, y, test_size=test_size, random_state=seed)
 
 
-def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = False, seed: int = 0) -> np.ndarray:
-    """``mutual_info_classif`` (nats). ``discrete=False`` is the study's call: k-NN estimator, 3 neighbours."""
-    return mutual_info_classif(X, np.ravel(y), discrete_features=discrete, random_state=seed)
+def _timed(function: Callable):
+    """(value, seconds) of one call, waiting for JAX's asynchronous results."""
+    start = time.perf_counter()
+    value = jax.block_until_ready(function())
+    return value, time.perf_counter() - start
+
+
+# ---- mutual information -------------------------------------------------------------------------
+
+def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = False, seed: int = 0,
+                               n_jobs: int | None = None) -> np.ndarray:
+    """``mutual_info_classif`` (nats). ``discrete=False`` is the study's call: k-NN estimator, 3 neighbours.
+
+    ``n_jobs`` spreads the pixels over processes; the result does not depend on it (the noise
+    sklearn adds to continuous features is drawn once, before the pixels are split).
+    """
+    return mutual_info_classif(X, np.ravel(y), discrete_features=discrete, random_state=seed, n_jobs=n_jobs)
+
+
+def train_only_ranking(X: np.ndarray, y: np.ndarray, n_classes: int, test_size: float, seed: int,
+                       bins: int) -> np.ndarray:
+    """Pixels by descending JAX MI on the training part of the study split only.
+
+    The study ranked on all rows it then tested on (leakage); the RandomForest sweep uses this.
+    """
+    X_train, _, y_train, _ = study_split(X, np.ravel(y), test_size, seed)
+    return rank_pixels(np.asarray(mutual_information(X_train, y_train, n_classes, bins=bins)))
+
+
+def _summary(values: np.ndarray) -> dict:
+    ranking = rank_pixels(values)
+    return {"top_pixels": ranking[:TOP_PIXELS].tolist(), "max": float(values.max()), "argmax": int(ranking[0]),
+            "n_zero": int((values <= 0).sum())}
+
+
+@dataclasses.dataclass(frozen=True)
+class SklearnMI:
+    """sklearn's ``mutual_info_classif`` on the same rows, and its agreement with ours."""
+
+    discrete: bool
+    values: np.ndarray
+    seconds: float
+    spearman: float
+    top64_overlap: int
+
+    @property
+    def estimator(self) -> str:
+        return "discrete" if self.discrete else "default (k-NN, 3 neighbours)"
+
+    @property
+    def label(self) -> str:
+        return "sklearn mutual_info_classif " + ("(discrete_features=True)" if self.discrete
+                                                 else "(defaults, as the study)")
+
+    def to_json(self) -> dict:
+        return {"estimator": self.estimator, "seconds": self.seconds, **_summary(self.values),
+                "spearman": self.spearman, "top64_overlap": self.top64_overlap}
+
+
+@dataclasses.dataclass(frozen=True)
+class MIStudy:
+    """JAX MI per pixel (``values``, file order) and, if configured, sklearn's (``sklearn``)."""
+
+    values: np.ndarray
+    n_rows: int
+    bins: int
+    jax_seconds: float                 # includes compilation
+    sklearn: SklearnMI | None = None
+
+    @property
+    def ranking(self) -> np.ndarray:
+        return rank_pixels(self.values)
+
+    @property
+    def label(self) -> str:
+        return f"JAX, {self.bins}-bin plug-in estimator"
+
+    def to_json(self) -> dict:
+        top = self.ranking[:TOP_PIXELS]
+        result = {"n_rows": self.n_rows, "pixel_order": PIXEL_ORDER, "bins": self.bins,
+                  "jax_seconds": self.jax_seconds, **_summary(self.values),
+                  "top_pixels_upright": [[int(r), int(c)] for r, c in zip(*file_to_upright(top))],
+                  "values": self.values.tolist()}
+        if self.sklearn is not None:
+            result["sklearn"] = self.sklearn.to_json()
+        return result
+
+
+def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig, seed: int) -> MIStudy:
+    """MI of every pixel with the label: JAX (timed, compilation included) and sklearn per ``config.sklearn_mi``."""
+    from scipy.stats import spearmanr
+
+    ours, seconds = _timed(lambda: mutual_information(X, y, n_classes, bins=config.mi_bins))
+    ours = np.asarray(ours)
+    theirs = None
+    if config.sklearn_mi != "none":
+        discrete = config.sklearn_mi == "discrete"
+        values, their_seconds = _timed(lambda: sklearn_mutual_information(X, y, discrete=discrete, seed=seed,
+                                                                          n_jobs=config.n_jobs))
+        overlap = len(set(rank_pixels(ours)[:TOP_PIXELS].tolist()) & set(rank_pixels(values)[:TOP_PIXELS].tolist()))
+        theirs = SklearnMI(discrete, values, their_seconds, float(spearmanr(ours, values).statistic), overlap)
+    return MIStudy(ours, len(y), config.mi_bins, seconds, theirs)
+
+
+# ---- RandomForest on the top-k pixels -------------------------------------------------------------
+
+def forest_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
+                    n_estimators: int, seed: int, n_jobs: int | None) -> float:
+    """Test accuracy of one seeded RandomForest, which is freed before returning.
+
+    At ByClass size a forest of 100 fully grown trees is ~1.5 GB (each node keeps 62 class
+    fractions in float64): never let two exist at once.
+    """
+    forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
+    accuracy = float(forest.fit(X_train, y_train).score(X_test, y_test))
+    del forest
+    gc.collect()  # the trees hold reference cycles through their parent estimator; return the memory now
+    return accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,31 +232,52 @@ class TopKResult:
     accuracy: np.ndarray
     n_train: int
     n_test: int
+    n_estimators: int
+    ranking: str                       # how the pixels were ranked
+
+    def to_json(self) -> dict:
+        return {"k": self.k.tolist(), "accuracy": self.accuracy.tolist(), "n_train": self.n_train,
+                "n_test": self.n_test, "n_estimators": self.n_estimators, "ranking": self.ranking}
 
 
 def _check_range(values, upper: int, name: str) -> None:
-    if len(values) == 0 or min(values) < 1 or max(values) > upper:
-        raise ValueError(f"{name} must lie in 1..{upper}, got {list(values)}")
+    values = list(values)
+    if not values or not all(_is_int(v) for v in values) or min(values) < 1 or max(values) > upper:
+        raise ValueError(f"{name} must be integers in 1..{upper}, got {values}")
 
 
 def rf_accuracy_vs_top_k(X: np.ndarray, y: np.ndarray, ranking: np.ndarray, ks, test_size: float = 0.3,
                          seed: int = 0, n_estimators: int = 100, n_jobs: int | None = -1,
-                         progress=None) -> TopKResult:
-    """RandomForest test accuracy using the top-k ranked pixels, for each k."""
+                         progress: Progress = None, ranking_source: str = "given by the caller") -> TopKResult:
+    """RandomForest test accuracy using the top-k ranked pixels, for each k (``progress(k)`` after each)."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be (samples, pixels), got shape {X.shape}")
     _check_range(ks, X.shape[1], "ks")
-    if len(ranking) != X.shape[1]:
-        raise ValueError(f"ranking must rank all {X.shape[1]} pixels, got {len(ranking)}")
+    ranking = np.asarray(ranking)
+    if ranking.shape != (X.shape[1],) or not np.array_equal(np.sort(ranking), np.arange(X.shape[1])):
+        raise ValueError(f"ranking must be a permutation of all {X.shape[1]} pixels, got shape {ranking.shape}")
     X_train, X_test, y_train, y_test = study_split(X, np.ravel(y), test_size, seed)
     accuracy = []
     for k in ks:
-        columns = np.asarray(ranking[:k])
-        forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
-        forest.fit(X_train[:, columns], y_train)
-        accuracy.append(forest.score(X_test[:, columns], y_test))
+        columns = ranking[:k]
+        accuracy.append(forest_accuracy(X_train[:, columns], y_train, X_test[:, columns], y_test,
+                                        n_estimators, seed, n_jobs))
         if progress:
             progress(k)
-    return TopKResult(np.asarray(ks), np.asarray(accuracy), len(y_train), len(y_test))
+    return TopKResult(np.asarray(ks), np.asarray(accuracy), len(y_train), len(y_test), n_estimators, ranking_source)
 
+
+def rf_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig, seed: int,
+             progress: Progress = None) -> TopKResult:
+    """The report's rf stage: rank on the training part, then one forest per k of ``config.ks`` that fits X."""
+    ranking = train_only_ranking(X, y, n_classes, config.test_size, seed, config.mi_bins)
+    ks = [k for k in config.ks if k <= X.shape[1]]
+    return rf_accuracy_vs_top_k(X, y, ranking, ks, config.test_size, seed, config.rf_trees, config.n_jobs,
+                                progress=progress, ranking_source="JAX MI on the training part of the split")
+
+
+# ---- PCA, then three classifiers ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class PCASweepResult:
@@ -96,28 +288,59 @@ class PCASweepResult:
     jax: np.ndarray                 # emnist_jax.logreg.ovr_fit on standardised PCA scores
     n_train: int
     n_test: int
+    logreg_max_iter: int
+    pca_solver: str                 # sklearn PCA svd_solver; one fit at the largest n, nested below
+
+    def to_json(self) -> dict:
+        return {"n_components": self.n_components.tolist(), "logreg": self.logreg.tolist(),
+                "logreg_converged": self.logreg_converged.tolist(), "rf": self.rf.tolist(), "jax": self.jax.tolist(),
+                "logreg_max_iter": self.logreg_max_iter, "n_train": self.n_train, "n_test": self.n_test,
+                "pca_solver": self.pca_solver}
+
+
+def leading_components(pca: PCA, n: int) -> PCA:
+    """The fitted ``pca`` cut to its first ``n`` components: PCA(n) itself for a deterministic solver.
+
+    The arrays are copied in the memory layout sklearn gives PCA(n)'s own, so ``transform`` runs
+    the same BLAS call and returns the same bits (checked in tests/test_baselines.py).
+    """
+    cut = copy.copy(pca)
+    for name in ("components_", "explained_variance_", "explained_variance_ratio_", "singular_values_"):
+        setattr(cut, name, np.array(getattr(pca, name)[:n], copy=True, order="K"))
+    cut.n_components = cut.n_components_ = n
+    return cut
 
 
 def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3, seed: int = 0,
               rf_trees: int = 100, logreg_max_iter: int = 10_000, n_jobs: int | None = -1,
-              progress=None) -> PCASweepResult:
-    """For each n: PCA(n) fit on the train part, then three classifiers scored on the test part."""
-    _check_range(n_components, min(X.shape), "n_components")
+              progress: Progress = None, svd_solver: str = PCA_SOLVER) -> PCASweepResult:
+    """For each n: the first n PCA components of the train part, then three classifiers scored on the test part.
+
+    PCA is fitted once, at the largest n; PCA(n) is its leading n components
+    (:func:`leading_components`). That is exact for sklearn's deterministic solvers
+    ("covariance_eigh", "full"), which is why the solver is fixed here and recorded in the result
+    (tests/test_baselines.py checks nested against per-n fits, bit for bit).
+    """
+    if svd_solver not in ("covariance_eigh", "full"):
+        raise ValueError(f"svd_solver must be 'covariance_eigh' or 'full' (nested components are exact only "
+                         f"for deterministic solvers), got {svd_solver!r}")
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be (samples, pixels), got shape {X.shape}")
     X_train, X_test, y_train, y_test = study_split(X.astype(np.float32), np.ravel(y), test_size, seed)
-    classes = np.unique(y_train)
-    index = {c: i for i, c in enumerate(classes)}
-    y_index = np.array([index[c] for c in y_train])
+    _check_range(n_components, min(X_train.shape), "n_components")
+    classes, y_index = np.unique(y_train, return_inverse=True)
+    pca = PCA(n_components=max(n_components), svd_solver=svd_solver, random_state=seed).fit(X_train)
     rows = {"logreg": [], "converged": [], "rf": [], "jax": []}
     for n in n_components:
-        pca = PCA(n_components=n, random_state=seed).fit(X_train)
-        train, test = pca.transform(X_train), pca.transform(X_test)
+        leading = leading_components(pca, n)
+        train, test = leading.transform(X_train), leading.transform(X_test)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             model = LogisticRegression(max_iter=logreg_max_iter).fit(train, y_train)
         rows["converged"].append(not any(issubclass(w.category, ConvergenceWarning) for w in caught))
-        rows["logreg"].append(model.score(test, y_test))
-        forest = RandomForestClassifier(n_estimators=rf_trees, random_state=seed, n_jobs=n_jobs)
-        rows["rf"].append(forest.fit(train, y_train).score(test, y_test))
+        rows["logreg"].append(float(model.score(test, y_test)))
+        rows["rf"].append(forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs))
         scaler = StandardScaler().fit(train)
         params = logreg.ovr_fit(scaler.transform(train), y_index, len(classes))
         predicted = classes[np.asarray(logreg.ovr_predict(params, scaler.transform(test).astype(np.float32)))]
@@ -125,11 +348,60 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
         if progress:
             progress(n)
     return PCASweepResult(np.asarray(n_components), np.asarray(rows["logreg"]), np.asarray(rows["converged"]),
-                          np.asarray(rows["rf"]), np.asarray(rows["jax"]), len(y_train), len(y_test))
+                          np.asarray(rows["rf"]), np.asarray(rows["jax"]), len(y_train), len(y_test),
+                          logreg_max_iter, svd_solver)
 
 
-def timed(function, *args, **kwargs):
-    """(result, seconds) of one call."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
+def pca_study(X: np.ndarray, y: np.ndarray, config: ClassicConfig, seed: int, progress: Progress = None
+              ) -> PCASweepResult:
+    """The report's pca stage: :func:`pca_sweep` with the config's component counts and settings."""
+    return pca_sweep(X, y, config.pca_components, config.test_size, seed, config.rf_trees,
+                     config.logreg_max_iter, config.n_jobs, progress=progress)
+
+
+# ---- logistic regression: the study's algorithm, ours and sklearn's ------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LogregStudy:
+    n_components: int
+    n_train: int
+    n_test: int
+    newton_accuracy: float
+    newton_seconds: float             # includes JAX compilation
+    gd_accuracy: float
+    gd_seconds: float                 # includes JAX compilation
+    gd_iterations: int
+    alpha: float
+    sklearn_accuracy: float
+    sklearn_seconds: float
+
+    @property
+    def features(self) -> str:
+        return f"{self.n_components} standardised PCA components"
+
+    def to_json(self) -> dict:
+        return {"logreg_jax": {"features": self.features, "solver": "newton", "test_accuracy": self.newton_accuracy,
+                               "seconds": self.newton_seconds,
+                               "study_gd": {"test_accuracy": self.gd_accuracy, "iterations": self.gd_iterations,
+                                            "alpha": self.alpha, "seconds": self.gd_seconds}},
+                "logreg_sklearn": {"test_accuracy": self.sklearn_accuracy, "seconds": self.sklearn_seconds,
+                                   "model": "LogisticRegression (multinomial lbfgs)"}}
+
+
+def logreg_study(X: np.ndarray, y: np.ndarray, config: ClassicConfig, gd_iterations: int, seed: int,
+                 n_components: int = LOGREG_PCA_COMPONENTS, alpha: float = STUDY_GD_ALPHA) -> LogregStudy:
+    """The study's gradient ascent (``alpha``, ``gd_iterations``), JAX Newton OvR and sklearn, on PCA scores."""
+    X_train, X_test, y_train, y_test = study_split(np.asarray(X, np.float32), np.ravel(y), config.test_size, seed)
+    n = min(n_components, X_train.shape[0] - 1, X_train.shape[1])
+    train, test = standardized_pca(X_train, X_test, n, seed)
+    del X_train, X_test
+    classes, index = np.unique(y_train, return_inverse=True)
+
+    def accuracy(params: logreg.OvRParams) -> float:
+        return float((classes[np.asarray(logreg.ovr_predict(params, test))] == y_test).mean())
+
+    newton, t_newton = _timed(lambda: logreg.ovr_fit(train, index, len(classes)))
+    gd, t_gd = _timed(lambda: logreg.ovr_fit_gd(train, index, len(classes), alpha=alpha, n_iter=gd_iterations))
+    model, t_sk = _timed(lambda: LogisticRegression(max_iter=config.logreg_max_iter).fit(train, y_train))
+    return LogregStudy(n, len(y_train), len(y_test), accuracy(newton), t_newton, accuracy(gd), t_gd, gd_iterations,
+                       alpha, float(model.score(test, y_test)), t_sk)

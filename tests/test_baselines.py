@@ -1,14 +1,37 @@
+import joblib
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
+from sklearn.feature_selection import mutual_info_classif
 
 from emnist_jax import baselines
 from emnist_jax.data import file_rows
 from emnist_jax.features import mutual_information, rank_pixels
 
+# The README's "metrics.json keys" table: the result objects must write exactly these.
+MI_KEYS = {"n_rows", "pixel_order", "bins", "jax_seconds", "top_pixels", "top_pixels_upright", "max", "argmax",
+           "n_zero", "values", "sklearn"}
+SKLEARN_MI_KEYS = {"estimator", "seconds", "top_pixels", "max", "argmax", "n_zero", "spearman", "top64_overlap"}
+RF_KEYS = {"k", "accuracy", "n_train", "n_test", "n_estimators", "ranking"}
+PCA_KEYS = {"n_components", "logreg", "logreg_converged", "rf", "jax", "logreg_max_iter", "n_train", "n_test",
+            "pca_solver"}
+LOGREG_JAX_KEYS = {"features", "solver", "test_accuracy", "seconds", "study_gd"}
+STUDY_GD_KEYS = {"test_accuracy", "iterations", "alpha", "seconds"}
+LOGREG_SKLEARN_KEYS = {"test_accuracy", "seconds", "model"}
+
 
 @pytest.fixture(scope="module")
 def study_data(tiny_dataset):
     return file_rows(tiny_dataset.train_images), tiny_dataset.train_labels
+
+
+@pytest.fixture(scope="module")
+def three_pixels():
+    """400 rows, 4 classes: pixel 0 informative, pixel 1 pure noise over 0..255, pixel 2 half informative."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    X = np.column_stack([y * 60 + rng.integers(0, 30, 400), rng.integers(0, 256, 400), np.where(y < 2, 10, 200)])
+    return X.astype(np.uint8), y
 
 
 def test_rf_vs_top_k_is_seeded_and_uses_one_split(study_data):
@@ -19,14 +42,15 @@ def test_rf_vs_top_k_is_seeded_and_uses_one_split(study_data):
     np.testing.assert_array_equal(first.accuracy, again.accuracy)
     assert (first.n_train, first.n_test) == (868, 372)  # the study's 70/30
     assert first.accuracy[2] > first.accuracy[0] > 1 / 62  # more informative pixels help
+    assert set(first.to_json()) == RF_KEYS and first.to_json()["n_estimators"] == 10
 
 
-def test_top_k_bad_arguments(study_data):
+def test_rf_ranking_sees_the_training_part_only(study_data):
     X, y = study_data
-    with pytest.raises(ValueError, match="ks must lie in 1..784"):
-        baselines.rf_accuracy_vs_top_k(X, y, np.arange(784), ks=(0, 2))
-    with pytest.raises(ValueError, match="ranking must rank all 784"):
-        baselines.rf_accuracy_vs_top_k(X, y, np.arange(10), ks=(2,))
+    X_train, _, y_train, _ = baselines.study_split(X, y, 0.3, 0)
+    ranking = baselines.train_only_ranking(X, y, 62, test_size=0.3, seed=0, bins=16)
+    np.testing.assert_array_equal(ranking, rank_pixels(mutual_information(X_train, y_train, 62)))
+    assert not np.array_equal(ranking, rank_pixels(mutual_information(X, y, 62)))  # all rows: the study's leak
 
 
 def test_pca_sweep_fits_all_three_classifiers(study_data):
@@ -36,15 +60,72 @@ def test_pca_sweep_fits_all_three_classifiers(study_data):
         assert curve.shape == (2,) and curve[1] > curve[0] > 0
     assert result.logreg_converged.dtype == bool
     assert abs(result.jax[1] - result.logreg[1]) < 0.1
+    assert set(result.to_json()) == PCA_KEYS and result.to_json()["pca_solver"] == "covariance_eigh"
 
 
-def test_pca_sweep_bad_components(study_data):
+def test_nested_pca_equals_one_pca_per_count(study_data):
     X, y = study_data
-    with pytest.raises(ValueError, match="n_components must lie in 1..784"):
-        baselines.pca_sweep(X, y, n_components=(0,))
+    X_train, X_test, _, _ = baselines.study_split(X.astype(np.float32), y, 0.3, 0)
+    largest = PCA(12, svd_solver="covariance_eigh").fit(X_train)
+    for n in (1, 2, 5, 12):
+        own = PCA(n, svd_solver="covariance_eigh").fit(X_train)
+        np.testing.assert_array_equal(baselines.leading_components(largest, n).transform(X_test),
+                                      own.transform(X_test))
+        full = PCA(n, svd_solver="full").fit(X_train).transform(X_test)  # the other exact solver, up to sign
+        np.testing.assert_allclose(np.abs(own.transform(X_test)), np.abs(full), rtol=1e-3, atol=1e-2)
+    # Downstream: the sweep (one PCA at n = 12) gives every classifier's accuracy of one PCA per n.
+    nested = baselines.pca_sweep(X, y, (2, 5, 12), rf_trees=5, logreg_max_iter=300, n_jobs=1)
+    for i, n in enumerate((2, 5, 12)):
+        alone = baselines.pca_sweep(X, y, (n,), rf_trees=5, logreg_max_iter=300, n_jobs=1)
+        for curve in ("logreg", "logreg_converged", "rf", "jax"):
+            assert getattr(nested, curve)[i] == getattr(alone, curve)[0], (n, curve)
 
 
-def test_sklearn_mi_is_the_studys_call(study_data):
+def test_pca_sweep_refuses_a_solver_that_does_not_nest(study_data):
     X, y = study_data
-    mi = baselines.sklearn_mutual_information(X[:, :50], y, discrete=True)
-    assert mi.shape == (50,) and (mi >= 0).all()
+    with pytest.raises(ValueError, match="deterministic"):
+        baselines.pca_sweep(X, y, (2,), svd_solver="randomized")
+
+
+def test_sklearn_mi_is_the_studys_knn_estimator(three_pixels):
+    X, y = three_pixels
+    ours = baselines.sklearn_mutual_information(X, y, seed=0)
+    np.testing.assert_array_equal(ours, mutual_info_classif(X, y, discrete_features=False, n_neighbors=3,
+                                                            random_state=0))
+    # The k-NN estimator sees no information in the noise pixel; the discrete plug-in estimator,
+    # which counts 256 distinct values in 400 rows, sees a lot. A wrong estimator fails here.
+    discrete = mutual_info_classif(X, y, discrete_features=True)
+    assert ours[1] < 0.05 and discrete[1] > 0.5
+    assert ours[0] > ours[2] > 0.5
+    with joblib.parallel_config(backend="threading"):  # n_jobs splits the pixels, never changes the result
+        np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=0, n_jobs=2), ours)
+
+
+def test_mi_study_runs_the_configured_sklearn_estimator(three_pixels):
+    X, y = three_pixels
+    study = baselines.mi_study(X, y, 4, baselines.ClassicConfig(sklearn_mi="default", n_jobs=1), seed=0)
+    np.testing.assert_array_equal(study.sklearn.values, baselines.sklearn_mutual_information(X, y, seed=0))
+    np.testing.assert_allclose(study.values, mutual_information(X, y, 4), rtol=1e-6)
+    result = study.to_json()
+    assert set(result) == MI_KEYS and set(result["sklearn"]) == SKLEARN_MI_KEYS
+    assert result["sklearn"]["estimator"].startswith("default (k-NN")
+    assert result["top_pixels"] == [0, 2, 1] and result["top_pixels_upright"][0] == [0, 0]
+    assert result["sklearn"]["top64_overlap"] == 3 and result["bins"] == 16
+    none = baselines.mi_study(X, y, 4, baselines.ClassicConfig(sklearn_mi="none", mi_bins=8), seed=0)
+    assert none.sklearn is None and set(none.to_json()) == MI_KEYS - {"sklearn"} and none.label.startswith("JAX, 8-bin")
+
+
+def test_logreg_study_runs_three_models_on_standardised_pca(study_data):
+    X, y = study_data
+    config = baselines.ClassicConfig(logreg_max_iter=300)
+    study = baselines.logreg_study(X, y, config, gd_iterations=50, seed=0)
+    result = study.to_json()
+    assert set(result) == {"logreg_jax", "logreg_sklearn"}
+    assert set(result["logreg_jax"]) == LOGREG_JAX_KEYS and set(result["logreg_jax"]["study_gd"]) == STUDY_GD_KEYS
+    assert set(result["logreg_sklearn"]) == LOGREG_SKLEARN_KEYS
+    assert result["logreg_jax"]["features"] == "29 standardised PCA components"
+    assert result["logreg_jax"]["study_gd"]["alpha"] == baselines.STUDY_GD_ALPHA
+    assert (study.n_train, study.n_test) == (868, 372)
+    for accuracy in (study.newton_accuracy, study.gd_accuracy, study.sklearn_accuracy):
+        assert 5 / 62 < accuracy <= 1
+    assert abs(study.newton_accuracy - study.sklearn_accuracy) < 0.1

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from benchmarks import study_reference
+from emnist_jax import study_reference
 from emnist_jax import logreg
 from emnist_jax.logreg import OneVsRestLogisticRegression
 

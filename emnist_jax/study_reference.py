@@ -1,7 +1,7 @@
 """The original study's hand-written logistic regression (section 5), in numpy, as a reference.
 
-Kept only to check that ``emnist_jax.logreg.ovr_fit_gd`` computes the same thing and to time it
-against the JAX version. Faithful to the study except where its code was broken: labels are
+Kept only to check that ``emnist_jax.logreg.ovr_fit_gd`` computes the same thing (tests) and to time
+it against the JAX version (benchmarks). Faithful to the study except where its code was broken: labels are
 flattened (its (N, 1) column would broadcast into an N x N array) and prediction is one argmax
 instead of a Python loop per sample.
 """
