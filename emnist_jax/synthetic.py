@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import string
+from collections.abc import Callable
 
 import matplotlib
 import numpy as np
@@ -114,8 +115,12 @@ def _blur(images: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return sum(kernel[:, k, None, None] * padded[:, :, k:k + _SIDE] for k in range(5))
 
 
-def render(labels: np.ndarray, rng: np.random.Generator, chunk: int = 8192) -> np.ndarray:
-    """Draw one distorted (28, 28) uint8 upright image per label (white ink on black)."""
+def render(labels: np.ndarray, rng: np.random.Generator, chunk: int = 8192,
+           progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """Draw one distorted (28, 28) uint8 upright image per label (white ink on black).
+
+    ``progress(n)`` is called after each chunk with the number of images it drew (for a bar).
+    """
     templates = glyph_templates()
     n_styles = templates.shape[0]
     n = len(labels)
@@ -152,6 +157,8 @@ def render(labels: np.ndarray, rng: np.random.Generator, chunk: int = 8192) -> n
         # Noise on the strokes only: EMNIST's background is exactly zero.
         img = np.where(img > 0.08, img + noise[s], 0.0)
         out[s] = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+        if progress is not None:
+            progress(len(which))
     return out
 
 
@@ -161,13 +168,18 @@ def balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> np.ndar
     return rng.permutation(labels).astype(np.int64)
 
 
-def generate(n_train: int = 60_000, n_test: int = 12_000, seed: int = 0
+def generate(n_train: int = 60_000, n_test: int = 12_000, seed: int = 0,
+             progress: Callable[[int], object] | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Upright uint8 images and byclass labels: (train_images, train_labels, test_images, test_labels)."""
+    """Upright uint8 images and byclass labels: (train_images, train_labels, test_images, test_labels).
+
+    ``progress(n)`` is called as images are drawn (n at a time, n_train + n_test in all).
+    """
     if n_train < len(CHARACTERS) or n_test < len(CHARACTERS):
         raise ValueError(f"n_train and n_test must be at least {len(CHARACTERS)} (one per class), "
                          f"got {n_train} and {n_test}")
     rng = np.random.default_rng(seed)
     train_labels = balanced_labels(n_train, len(CHARACTERS), rng)
     test_labels = balanced_labels(n_test, len(CHARACTERS), rng)
-    return render(train_labels, rng), train_labels, render(test_labels, rng), test_labels
+    return (render(train_labels, rng, progress=progress), train_labels,
+            render(test_labels, rng, progress=progress), test_labels)

@@ -9,15 +9,22 @@ def sample():
     return synthetic.generate(n_train=3100, n_test=1240, seed=7)
 
 
-def test_same_seed_gives_identical_arrays(sample):
-    again = synthetic.generate(n_train=3100, n_test=1240, seed=7)
-    for a, b in zip(sample, again):
+def test_same_seed_gives_identical_arrays():
+    first, again = (synthetic.generate(n_train=620, n_test=124, seed=7) for _ in range(2))
+    for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
 
 
-def test_other_seed_gives_other_images(sample):
-    other = synthetic.generate(n_train=3100, n_test=1240, seed=8)
-    assert not np.array_equal(sample[0], other[0])
+def test_other_seed_gives_other_images():
+    assert not np.array_equal(synthetic.generate(620, 124, seed=7)[0], synthetic.generate(620, 124, seed=8)[0])
+
+
+def test_progress_counts_every_image_and_changes_nothing():
+    done = []
+    with_progress = synthetic.generate(n_train=124, n_test=62, seed=3, progress=done.append)
+    assert sum(done) == 124 + 62 and len(done) == 2  # one call per chunk, train then test
+    for a, b in zip(with_progress, synthetic.generate(n_train=124, n_test=62, seed=3)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_output_does_not_depend_on_chunking():

@@ -1,16 +1,23 @@
 """Readers (and the one writer) for the official EMNIST file formats.
 
 Every reader raises :class:`EmnistDataError` with a one-line message that names the file and
-the problem. Images come back in the file's own layout, one 784-byte row per image, which is
-the upright character transposed; :func:`upright` turns such rows into upright 28x28 images.
+the problem; :func:`reading` is the one place that turns an operating-system error on a path
+(permission denied, symlink loop, a folder where a file belongs ...) into such a line. Images
+come back in the file's own layout, one 784-byte row per image, which is the upright character
+transposed; :func:`upright` turns such rows into upright 28x28 images. Image arrays must be
+uint8, as in the official files: nothing is ever cast, so no value is silently changed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
+import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -25,6 +32,47 @@ IDX_IMAGES_MAGIC = 2051
 
 class EmnistDataError(ValueError):
     """Bad, missing or inconsistent EMNIST data; the message names the file and the problem."""
+
+
+_OS_REASONS = {
+    errno.ENOENT: "file not found",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symbolic link loop (too many levels of symbolic links)",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (failing disk or network file system?)",
+    errno.EEXIST: "already exists",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """A few words for an operating-system error, by errno (the path is not included)."""
+    return _OS_REASONS.get(error.errno, error.strerror or type(error).__name__)
+
+
+def os_error_line(error: OSError, path: str | os.PathLike | None = None) -> str:
+    """``PATH: reason``, naming the path the system call failed on when it says which."""
+    return f"{error.filename if error.filename is not None else path}: {os_reason(error)}"
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an operating-system error while reading ``path`` into a one-line EmnistDataError.
+
+    Only errors with an errno are translated: an OSError without one (gzip's BadGzipFile,
+    requests' errors) is a content or protocol problem that its reader words itself.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise EmnistDataError(os_error_line(error, path)) from None
 
 
 @dataclass(frozen=True)
@@ -53,6 +101,8 @@ def mapping_from_rows(rows: np.ndarray, name: str) -> Mapping:
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] < 2 or len(rows) == 0:
         raise EmnistDataError(f"{name}: mapping must have rows 'label code [code]', got shape {rows.shape}")
+    if not _whole_non_negative(rows):
+        raise EmnistDataError(f"{name}: mapping must hold whole numbers >= 0, found {_describe_values(rows)}")
     order = np.argsort(rows[:, 0], kind="stable")
     rows = rows[order].astype(np.int64)
     if len(set(rows[:, 0].tolist())) != len(rows):
@@ -137,6 +187,56 @@ class RawSplit:
     synthetic: bool = False
 
 
+def _number(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def describe_values(values: np.ndarray) -> str:
+    """``float64 values 0..434`` (and how many are NaN/inf): what an array holds, for messages."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return f"an empty {values.dtype} array"
+    if values.dtype.kind not in "biuf":
+        return f"{values.dtype} values"
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    text = f"{values.dtype} values"
+    if finite.size:
+        text += f" {_number(finite.min())}..{_number(finite.max())}"
+    if finite.size < values.size:
+        text += f" ({values.size - finite.size:,} NaN or infinite)"
+    return text
+
+
+def _whole_non_negative(values: np.ndarray) -> bool:
+    """Every value a whole number >= 0 (integer dtypes, or floats holding whole numbers)."""
+    if values.size == 0:
+        return values.dtype.kind in "iuf"
+    if values.dtype.kind in "iu":
+        return bool(values.min() >= 0)
+    if values.dtype.kind == "f":
+        return bool(np.isfinite(values).all() and (np.floor(values) == values).all() and values.min() >= 0)
+    return False
+
+
+def check_images(images: np.ndarray, where: str) -> None:
+    """Image arrays must be uint8, the official files' type: nothing is ever cast.
+
+    Not even an array whose values are whole numbers in 0..255: such a file was made by some
+    other tool, and its scale cannot be known (0/1 binarised images are whole numbers too, and
+    would load as nearly black characters).
+    """
+    if images.dtype != np.uint8:
+        raise EmnistDataError(f"{where} holds {describe_values(images)}; images must be uint8 (0..255) as in "
+                              "the official files, and nothing is converted")
+
+
+def check_labels(labels: np.ndarray, where: str) -> None:
+    """Labels must be whole numbers >= 0 (any integer type, or floats holding whole numbers)."""
+    if not _whole_non_negative(labels):
+        raise EmnistDataError(f"{where} must be whole numbers >= 0, found {describe_values(labels)}")
+
+
 def check_pair(images: np.ndarray, labels: np.ndarray, name: str) -> None:
     """Images and labels must pair one-to-one."""
     if images.ndim != 2 or images.shape[1] != PIXELS:
@@ -149,28 +249,35 @@ def read_mat(source: str | BinaryIO, name: str) -> RawSplit:
     """An official ``emnist-<split>.mat`` file: struct ``dataset`` with train, test and mapping."""
     try:
         contents = scipy.io.loadmat(source, variable_names=("dataset", "emnist_jax_synthetic"))
-    except FileNotFoundError:
-        raise EmnistDataError(f"{name}: file not found") from None
+    except OSError as error:
+        if error.errno is not None:  # the system's error (permission, link loop ...): see reading()
+            raise
+        raise EmnistDataError(f"{name}: not a readable MATLAB file ({_first_line(error)})") from None
     except Exception as error:  # scipy raises many types for a damaged file
-        raise EmnistDataError(f"{name}: not a readable MATLAB file "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-                              ) from None
+        raise EmnistDataError(f"{name}: not a readable MATLAB file ({_first_line(error)})") from None
     if "dataset" not in contents:
         raise EmnistDataError(f"{name}: no 'dataset' struct in this .mat file")
     try:
         dataset = contents["dataset"][0, 0]
-        train, test = dataset["train"][0, 0], dataset["test"][0, 0]
-        parts = [np.asarray(part[field]) for part in (train, test) for field in ("images", "labels")]
+        parts = {(part, field): np.asarray(dataset[part][0, 0][field])
+                 for part in ("train", "test") for field in ("images", "labels")}
         mapping_rows = dataset["mapping"]
     except (ValueError, IndexError, KeyError, TypeError) as error:
         raise EmnistDataError(f"{name}: 'dataset' struct lacks train/test images, labels or mapping "
                               f"({error})") from None
-    train_images, train_labels, test_images, test_labels = parts
-    check_pair(train_images, train_labels.reshape(-1), f"{name} (train)")
-    check_pair(test_images, test_labels.reshape(-1), f"{name} (test)")
-    return RawSplit(train_images, train_labels.reshape(-1), test_images, test_labels.reshape(-1),
+    for part in ("train", "test"):
+        check_images(parts[(part, "images")], f"{name}: dataset.{part}.images")
+        check_labels(parts[(part, "labels")], f"{name}: dataset.{part}.labels")
+        check_pair(parts[(part, "images")], parts[(part, "labels")].reshape(-1), f"{name} ({part})")
+    return RawSplit(parts[("train", "images")], parts[("train", "labels")].reshape(-1),
+                    parts[("test", "images")], parts[("test", "labels")].reshape(-1),
                     mapping_from_rows(mapping_rows, name),
                     synthetic=bool(np.asarray(contents.get("emnist_jax_synthetic", 0)).any()))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def upright(rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
@@ -187,25 +294,58 @@ def upright(rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
 
 
 def file_rows(images: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) upright images -> (N, 784) rows in the official transposed layout."""
-    return np.ascontiguousarray(np.asarray(images, np.uint8).transpose(0, 2, 1)).reshape(len(images), PIXELS)
+    """(N, 28, 28) upright uint8 images -> (N, 784) rows in the official transposed layout."""
+    images = np.asarray(images)
+    check_images(images, "file_rows: images")
+    if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE):
+        raise EmnistDataError(f"file_rows: images have shape {images.shape}, expected (N, {SIDE}, {SIDE})")
+    return np.ascontiguousarray(images.transpose(0, 2, 1)).reshape(len(images), PIXELS)
+
+
+def mat_contents(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                 test_labels: np.ndarray, mapping_rows: np.ndarray, synthetic: bool = False) -> dict:
+    """The variables of an official-layout ``.mat`` file (for ``scipy.io.savemat``), checked."""
+    def part(kind: str, images: np.ndarray, labels: np.ndarray) -> dict:
+        labels = np.asarray(labels).reshape(-1, 1)
+        check_labels(labels, f"write_mat: {kind}_labels")
+        if labels.size and labels.max() > 255:  # stored as uint8, as in the official files
+            raise EmnistDataError(f"write_mat: {kind}_labels must be at most 255, found {describe_values(labels)}")
+        labels = labels.astype(np.uint8)
+        return {"images": file_rows(images), "labels": labels, "writers": np.zeros_like(labels)}
+
+    mapping_from_rows(np.asarray(mapping_rows), "write_mat: mapping_rows")  # refuses a bad mapping
+    contents = {"dataset": {"train": part("train", train_images, train_labels),
+                            "test": part("test", test_images, test_labels),
+                            "mapping": np.asarray(mapping_rows, np.float64)}}
+    if synthetic:
+        contents["emnist_jax_synthetic"] = np.uint8(1)
+    return contents
+
+
+def save_mat(file: BinaryIO, contents: dict) -> None:
+    """Write ``contents`` (from :func:`mat_contents`) to an open binary file as a compressed ``.mat``."""
+    scipy.io.savemat(file, contents, do_compression=True)
+
+
+def mat_bytes(contents: dict) -> bytes:
+    """``contents`` (from :func:`mat_contents`) as the bytes of a compressed ``.mat`` file."""
+    buffer = io.BytesIO()
+    save_mat(buffer, contents)
+    return buffer.getvalue()
 
 
 def write_mat(path: str, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
               test_labels: np.ndarray, mapping_rows: np.ndarray, synthetic: bool = False) -> None:
-    """Write upright images and file labels in the official ``.mat`` layout, atomically."""
-    def part(images: np.ndarray, labels: np.ndarray) -> dict:
-        labels = np.asarray(labels, np.uint8).reshape(-1, 1)
-        return {"images": file_rows(images), "labels": labels, "writers": np.zeros_like(labels)}
+    """Write upright uint8 images and file labels in the official ``.mat`` layout, atomically.
 
-    contents = {"dataset": {"train": part(train_images, train_labels), "test": part(test_images, test_labels),
-                            "mapping": np.asarray(mapping_rows, np.float64)}}
-    if synthetic:
-        contents["emnist_jax_synthetic"] = np.uint8(1)
+    Raises EmnistDataError for arrays that the layout cannot hold unchanged; an OSError
+    (unwritable folder, full disk) propagates, and no partial file is left.
+    """
+    contents = mat_contents(train_images, train_labels, test_images, test_labels, mapping_rows, synthetic)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            scipy.io.savemat(f, contents, do_compression=True)
+            save_mat(f, contents)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
