@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 
 import official_layout as ol
-from emnist_jax.data import SPLITS, EmnistDataError, load
+from emnist_jax.data import SPLITS, EmnistDataError, default_file, file_rows, load, write_mat
 from emnist_jax.data import cache as data_cache
 from emnist_jax.data import loading
 
@@ -233,6 +233,25 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_info_command_prints_counts_and_writes_both_figures(tmp_path, capsys):
+    from emnist_jax.data.__main__ import main
+
+    data = ol.make_split("digits", n_train=40, n_test=12)
+    path = ol.write_mat(tmp_path / "emnist-digits.mat", data)
+    assert main(["info", "--data", str(path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"source : {path}  [EMNIST]" and out[1].startswith("split  : digits, 10 classes")
+    assert out[2].startswith("train  : 40 images   test: 12 images")
+    table = {int(line.split()[0]): line.split() for line in out if line[:5].strip().isdigit()}
+    train, test = np.bincount(data["train_labels"], minlength=10), np.bincount(data["test_labels"], minlength=10)
+    for label in range(10):
+        assert table[label][1:] == [str(label), str(train[label]), str(test[label]),
+                                    f"{100 * train[label] / 40:.2f}"]
+    for name in ("samples.png", "class_distribution.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["class_distribution.png", "samples.png"]
+
+
 # ---- cache ------------------------------------------------------------------------------------
 
 def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
@@ -274,7 +293,7 @@ def test_loading_peak_is_about_two_copies_of_the_images(tmp_path, kind):
     # EMNIST compresses to ~0.4 of its size; incompressible noise would measure something else.
     data["train_images"][data["train_images"] < 170] = 0
     source = (ol.write_idx_folder(tmp_path, "mnist", data) if kind == "idx"
-              else ol.write_mat(tmp_path / "emnist-mnist.mat", data))
+              else ol.write_mat(tmp_path / "emnist-mnist.mat", data, level=1))
     image_bytes = data["train_images"].nbytes
     tracemalloc.start()
     load(source, "mnist", use_cache=False)
@@ -284,16 +303,69 @@ def test_loading_peak_is_about_two_copies_of_the_images(tmp_path, kind):
 
 
 # ---- the embedded default --------------------------------------------------------------------
+# Generating the real 60,000 + 12,000 images takes ~20 s, so these tests prove its properties on a
+# small size through the same code (default_file -> write_mat -> load), prove that load("default")
+# takes that route with DEFAULT_SIZE, and check the full size's label balance without rendering.
 
-def test_default_is_synthetic_byclass_read_through_the_mat_loader(default_dataset):
-    ds = default_dataset
-    assert ds.synthetic and ds.source == "default" and ds.split == "byclass"
+SMALL = (620, 124)  # 10 and 2 images per class
+
+
+def test_default_file_is_synthetic_byclass_read_through_the_mat_loader(capsys):
+    path = default_file(seed=0, size=SMALL)
+    assert path.parent == data_cache.cache_dir() and path.suffix == ".mat"
+    assert f"620 + 124 images" in capsys.readouterr().err  # the one progress line, on stderr
+    ds = load(path)
+    assert ds.synthetic and ds.split == "byclass"
     assert ds.classes == tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-    assert ds.train_images.shape == (60_000, 28, 28) and ds.test_images.shape == (12_000, 28, 28)
-    assert set(np.unique(ds.class_counts("train"))) <= {967, 968}
+    assert ds.train_images.shape == (620, 28, 28) and ds.test_images.shape == (124, 28, 28)
+    assert set(ds.class_counts("train")) == {10} and set(ds.class_counts("test")) == {2}
     assert 0.5 < (ds.train_images == 0).mean() < 0.8  # black background, white strokes
+    assert default_file(seed=0, size=SMALL) == path and capsys.readouterr().err == ""  # made once
+
+
+def test_load_default_is_default_file_at_default_size(monkeypatch):
+    assert loading.DEFAULT_SIZE == (60_000, 12_000)
+    monkeypatch.setattr(loading, "DEFAULT_SIZE", SMALL)  # read when load("default") runs, not bound before
+    ds = load("default")
+    assert ds.source == "default" and ds.synthetic and ds.split == "byclass"
+    direct = load(default_file(seed=0, size=SMALL))
+    np.testing.assert_array_equal(ds.train_images, direct.train_images)
+    np.testing.assert_array_equal(ds.test_labels, direct.test_labels)
+    assert [p.name for p in data_cache.cache_dir().glob("synthetic-*.mat")] == ["synthetic-v1-seed0-620x124.mat"]
+
+
+def test_default_size_gives_every_class_967_or_968_training_images():
+    from emnist_jax import synthetic
+
+    labels = synthetic.balanced_labels(loading.DEFAULT_SIZE[0], 62, np.random.default_rng(0))
+    assert set(np.bincount(labels, minlength=62)) == {967, 968}
 
 
 def test_default_refuses_other_splits():
     assert_error("only the byclass split", "default", "letters")
 
+
+# ---- the writers never change a value ---------------------------------------------------------
+
+@pytest.mark.parametrize("images, found", [
+    (np.full((2, 28, 28), 300, np.int64), "int64 values 300..300"),
+    (np.full((2, 28, 28), 0.5), "float64 values 0.5..0.5"),
+    (np.full((2, 28, 28), 7.0), "float64 values 7..7"),  # whole numbers, but not the official type
+])
+def test_write_mat_and_file_rows_refuse_images_that_are_not_uint8(tmp_path, images, found):
+    labels = np.zeros(2, np.uint8)
+    with pytest.raises(EmnistDataError, match=found):
+        write_mat(str(tmp_path / "x.mat"), images, labels, images, labels, [[0, 48]])
+    with pytest.raises(EmnistDataError, match=found):
+        file_rows(images)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("labels, found", [(np.array([0, -1]), "whole numbers >= 0"),
+                                           (np.array([0, 256]), "at most 255"),
+                                           (np.array([0.0, 1.5]), "whole numbers >= 0")])
+def test_write_mat_refuses_labels_it_cannot_store_unchanged(tmp_path, labels, found):
+    images = np.zeros((2, 28, 28), np.uint8)
+    with pytest.raises(EmnistDataError, match=found):
+        write_mat(str(tmp_path / "x.mat"), images, labels, images, np.zeros(2, np.uint8), [[0, 48]])
+    assert list(tmp_path.iterdir()) == []

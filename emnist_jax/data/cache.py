@@ -3,22 +3,45 @@
 Entries live in ``$EMNIST_JAX_CACHE`` (default ``~/.cache/emnist_jax``) as uncompressed ``.npz``
 files keyed by the source files' path, size and modification time: editing or replacing a
 source file changes the key. An entry that cannot be read back whole (zip CRCs are checked on
-read) is deleted and rebuilt, never used.
+read) or holds arrays of the wrong type is deleted and rebuilt, never used.
+
+The cache is an optimisation, never a reason to fail: :func:`read` and :func:`write` raise
+:class:`CacheUnusable` (path and reason) when the folder or an entry cannot be used, and the
+caller loads from the source and says so once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from emnist_jax.data.formats import os_reason
+
 #: Bump when the stored arrays' meaning changes.
 CACHE_VERSION = 1
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "classes", "file_labels", "synthetic")
+#: Temporary files older than this are leftovers of a killed process (a write takes seconds).
+STALE_TEMPORARY_S = 3600
+
+
+class CacheWarning(UserWarning):
+    """The cache could not be used; the data were loaded or generated without it."""
+
+
+class CacheUnusable(Exception):
+    """The cache folder or one of its entries cannot be used: ``path`` and ``reason``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 def cache_dir() -> Path:
@@ -30,8 +53,8 @@ def fingerprint(paths: list[str], split: str) -> str:
     """A key that changes whenever any of ``paths`` is replaced or modified."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{split}".encode())
     for path in sorted(paths):
-        stat = os.stat(path)
-        digest.update(f"|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        info = os.stat(path)
+        digest.update(f"|{os.path.abspath(path)}|{info.st_size}|{info.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -39,37 +62,95 @@ def _entry(key: str) -> Path:
     return cache_dir() / f"arrays-{key}.npz"
 
 
+def _check(arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as ``load`` stores them, or ValueError: a tampered entry is never used."""
+    n_classes = len(arrays["classes"])
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"{part} images are {images.dtype} {images.shape}")
+        if labels.dtype != np.int32 or labels.shape != (len(images),):
+            raise ValueError(f"{part} labels are {labels.dtype} {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"{part} labels outside 0..{n_classes - 1}")
+
+
 def read(key: str) -> dict[str, np.ndarray] | None:
-    """The cached arrays for ``key``, or None (also after deleting an unreadable entry)."""
+    """The cached arrays for ``key``, or None on a miss (also after deleting a corrupt entry).
+
+    Raises CacheUnusable when the entry exists but cannot be read, or is corrupt and cannot
+    be deleted.
+    """
     path = _entry(key)
-    if not path.exists():
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
         return None
+    except OSError as error:  # the cache folder is a file, a link loop, unreadable ...
+        folder = cache_dir()
+        if folder.exists() and not folder.is_dir():
+            raise CacheUnusable(folder, "is a file, not a folder") from None
+        raise CacheUnusable(path, os_reason(error)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CacheUnusable(path, "is a folder, not a cache file" if stat.S_ISDIR(info.st_mode)
+                            else "is not a regular file")
     try:
         with np.load(path, allow_pickle=False) as entry:
             arrays = {name: entry[name] for name in ARRAYS}
-        if len(arrays["train_images"]) != len(arrays["train_labels"]) or \
-                len(arrays["test_images"]) != len(arrays["test_labels"]):
-            raise ValueError("inconsistent lengths")
+        _check(arrays)
         return arrays
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        path.unlink(missing_ok=True)
-        return None
+    except OSError as error:
+        if error.errno is not None:  # could not read it (permissions, I/O): not known to be corrupt
+            raise CacheUnusable(path, os_reason(error)) from None
+        problem = str(error) or type(error).__name__
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        problem = str(error) or type(error).__name__
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise CacheUnusable(path, f"corrupt entry ({problem.splitlines()[0]}) that cannot be deleted: "
+                                  f"{os_reason(error)}") from None
+    return None
 
 
 def write(key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Store ``arrays`` under ``key`` atomically; a cache that cannot be written is skipped."""
-    folder = cache_dir()
+    """Store ``arrays`` under ``key`` atomically (temporary file, then rename).
+
+    Raises CacheUnusable when the folder or the entry cannot be written; no temporary file
+    is left behind either way.
+    """
+    folder, final = cache_dir(), _entry(key)
+    where, tmp = folder, None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    except OSError:
-        return
-    try:
+        _remove_stale_temporaries(folder)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+        where = final
         with os.fdopen(handle, "wb") as f:
             np.savez(f, **{name: arrays[name] for name in ARRAYS})
-        os.replace(tmp, _entry(key))
-    except OSError:
-        pass
+        os.replace(tmp, final)
+    except OSError as error:
+        if where == final and final.is_dir():
+            reason = "is a folder, not a cache file"
+        elif where == folder and folder.exists() and not folder.is_dir():
+            reason = "is a file, not a folder"
+        else:
+            reason = os_reason(error)
+        raise CacheUnusable(where, reason) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # never fail for the cache; old leftovers are cleaned later
+                os.remove(tmp)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete our own temporary files that a killed process left (``.arrays-*.tmp``, old)."""
+    now = time.time()
+    for tmp in folder.glob(".arrays-*.npz.*.tmp"):
+        try:
+            if now - tmp.lstat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
+        except OSError:
+            pass  # another process's file, or gone already

@@ -3,23 +3,36 @@
 Sources: ``"default"`` (the embedded synthetic set), an official ``emnist-<split>.mat``, a folder
 of the official gzip IDX files with their mapping file, or the official archives ``matlab.zip``
 and ``gzip.zip`` (read member by member, never extracted to disk).
+
+Every failure on a source is one :class:`EmnistDataError` line naming the path and the problem
+(operating-system errors are worded by ``formats.reading``). The array cache and the cached
+embedded default are an optimisation: when they cannot be read or written, the data are
+loaded (or generated) without them and a :class:`~emnist_jax.data.cache.CacheWarning` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import io
 import os
 import re
+import stat
+import sys
+import tempfile
+import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from emnist_jax import synthetic
 from emnist_jax.data import cache
-from emnist_jax.data.formats import (EmnistDataError, Mapping, RawSplit, check_pair, open_idx, read_idx,
-                                     read_mapping_text, read_mat, upright, write_mat)
+from emnist_jax.data.formats import (EmnistDataError, Mapping, RawSplit, check_pair, mat_bytes, mat_contents,
+                                     open_idx, os_reason, read_idx, read_mapping_text, read_mat, reading,
+                                     save_mat, upright)
 from emnist_jax.data.official import SPLITS
 
 
@@ -52,6 +65,8 @@ class Dataset:
 
 
 DEFAULT_SIZE = (60_000, 12_000)
+#: Images per second of the generator on the 2-core development machine (72,000 in ~18 s).
+_GENERATED_PER_S = 4_000
 _IDX_PARTS = {(part, kind): f"{part}-{kind}" for part in ("train", "test")
               for kind in ("images-idx3", "labels-idx1")}
 
@@ -62,29 +77,117 @@ def _check_split(split: str) -> str:
     return split
 
 
-def default_file(seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE) -> Path:
-    """The embedded default data set as an official-layout ``.mat`` in the cache (made once)."""
-    path = cache.cache_dir() / f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        train_x, train_y, test_x, test_y = synthetic.generate(*size, seed=seed)
-        mapping = np.array([[label, ord(c)] for label, c in enumerate(synthetic.CHARACTERS)])
-        write_mat(str(path), train_x, train_y, test_x, test_y, mapping, synthetic=True)
+# ---- the embedded default ------------------------------------------------------------------------
+
+def _default_contents(seed: int, size: tuple[int, int], where: str) -> dict:
+    """Generate the embedded default (one line and, on a terminal, a bar on stderr)."""
+    from tqdm import tqdm
+
+    total = size[0] + size[1]
+    print(f"generating the embedded default data set ({size[0]:,} + {size[1]:,} images, "
+          f"~{max(1, round(total / _GENERATED_PER_S))} s) {where}", file=sys.stderr, flush=True)
+    with tqdm(total=total, unit="img", desc="embedded default", file=sys.stderr, disable=None,
+              leave=False) as bar:
+        train_x, train_y, test_x, test_y = synthetic.generate(*size, seed=seed, progress=bar.update)
+    mapping = np.array([[label, ord(c)] for label, c in enumerate(synthetic.CHARACTERS)])
+    return mat_contents(train_x, train_y, test_x, test_y, mapping, synthetic=True)
+
+
+def default_file(seed: int = 0, size: tuple[int, int] | None = None) -> Path:
+    """The embedded default data set as an official-layout ``.mat`` in the cache (made once).
+
+    ``size`` is (train, test), :data:`DEFAULT_SIZE` when None. Raises EmnistDataError (one line)
+    when the cache folder cannot hold it; ``load("default")`` then generates it in memory.
+    """
+    size = tuple(size or DEFAULT_SIZE)
+    folder = cache.cache_dir()
+    path = folder / f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
+    if path.is_file():
+        return path
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # The temporary file first: an unwritable folder is found before ~20 s of generating.
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as f:
+            save_mat(f, _default_contents(seed, size, f"once, into {path}"))
+        os.replace(tmp, path)
+    except OSError as error:
+        if folder.exists() and not folder.is_dir():
+            where, reason = folder, "is a file, not a folder"
+        else:
+            where, reason = (path if path.exists() else folder), os_reason(error)
+        if path.is_dir():
+            reason = "is a folder, not a file"
+        raise EmnistDataError(f"cannot store the embedded default data set: {where}: {reason}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    return path
+
+
+def _load_default(use_cache: bool) -> Dataset:
+    """``load("default")``: from the cached file; remade once if damaged; in memory if the cache is unusable."""
+    problem = None
+    for attempt in (1, 2):
+        try:
+            path = default_file()
+        except EmnistDataError as error:
+            problem = error
+            break
+        try:
+            return dataclasses.replace(load(path, "byclass", use_cache=use_cache), source="default")
+        except EmnistDataError as error:  # a file this program generated: damaged, or unreadable
+            problem = error
+            try:
+                path.unlink()
+            except OSError:
+                break
+            if attempt == 1:
+                _warn(f"{error}; generating the embedded default again")
+    _warn(f"{problem}; the embedded default data set is generated in memory for this run")
+    contents = _default_contents(0, tuple(DEFAULT_SIZE), "in memory")
+    raw = read_mat(io.BytesIO(mat_bytes(contents)), "default (generated in memory)")
+    return _dataset(_assemble(raw, "byclass", "default"), "byclass", "default")
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+def _stat(path: str) -> os.stat_result:
+    """``os.stat``, telling a broken symbolic link apart from a missing file."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise EmnistDataError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)"
+                                  ) from None
+        raise
+
+
+def _regular_file(path: str) -> str:
+    mode = _stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise EmnistDataError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise EmnistDataError(f"{path}: is not a regular file")
     return path
 
 
 def _idx_files(folder: str, split: str) -> dict[tuple[str, str], str]:
+    names = set(os.listdir(folder))  # an unreadable folder fails here, with its own name
     files = {}
     for key, part in _IDX_PARTS.items():
-        base = os.path.join(folder, f"emnist-{split}-{part}-ubyte")
-        found = [p for p in (base + ".gz", base) if os.path.isfile(p)]
+        base = f"emnist-{split}-{part}-ubyte"
+        found = [name for name in (base + ".gz", base) if name in names]
         if not found:
-            raise EmnistDataError(f"{base}[.gz]: file not found (folder {folder} lacks split {split!r})")
-        files[key] = found[0]
+            raise EmnistDataError(f"{os.path.join(folder, base)}[.gz]: file not found "
+                                  f"(folder {folder} lacks split {split!r})")
+        files[key] = _regular_file(os.path.join(folder, found[0]))
     mapping = os.path.join(folder, f"emnist-{split}-mapping.txt")
-    if not os.path.isfile(mapping):
+    if os.path.basename(mapping) not in names:
         raise EmnistDataError(f"{mapping}: file not found (the IDX files need their mapping file)")
-    files[("mapping", "")] = mapping
+    files[("mapping", "")] = _regular_file(mapping)
     return files
 
 
@@ -140,8 +243,8 @@ def _infer_split(path: str) -> str | None:
     return match.group(1) if match and match.group(1) in SPLITS else None
 
 
-def _read_source(path: str, split: str) -> RawSplit:
-    if os.path.isdir(path):
+def _read_source(path: str, split: str, is_folder: bool) -> RawSplit:
+    if is_folder:
         return _read_idx_folder(_idx_files(path, split))
     if path.endswith(".mat"):
         return read_mat(path, path)
@@ -156,6 +259,10 @@ def _assemble(raw: RawSplit, split: str, source: str) -> dict[str, np.ndarray]:
     if len(raw.mapping.classes) != expected:
         raise EmnistDataError(f"{source}: mapping has {len(raw.mapping.classes)} classes but split "
                               f"{split!r} has {expected}")
+    # Every consumer divides by these counts (class shares, accuracies): refuse, never print nan.
+    for part, images in (("training", raw.train_images), ("test", raw.test_images)):
+        if len(images) == 0:
+            raise EmnistDataError(f"{source}: no {part} images")
     return {
         "train_labels": raw.mapping.index_of(raw.train_labels, f"{source} (train labels)"),
         "test_labels": raw.mapping.index_of(raw.test_labels, f"{source} (test labels)"),
@@ -174,31 +281,58 @@ def _dataset(arrays: dict[str, np.ndarray], split: str, source: str) -> Dataset:
                    synthetic=bool(arrays["synthetic"]), file_labels=tuple(int(v) for v in arrays["file_labels"]))
 
 
+# ---- the cache around a source ---------------------------------------------------------------------
+
+def _warn(message: str) -> None:
+    warnings.warn(message, cache.CacheWarning, stacklevel=4)
+
+
+def _through_cache(key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The cached arrays for ``key``, else ``build()`` stored for next time; at most one warning."""
+    try:
+        arrays = cache.read(key)
+    except cache.CacheUnusable as problem:
+        arrays = build()
+        _warn(f"array cache not used: {problem}; the data were read from the source")
+        return arrays
+    if arrays is None:
+        arrays = build()
+        try:
+            cache.write(key, arrays)
+        except cache.CacheUnusable as problem:
+            _warn(f"array cache not written: {problem}; the next load reads the source again")
+    return arrays
+
+
+def _read_and_assemble(path: str, split: str, is_folder: bool) -> dict[str, np.ndarray]:
+    return _assemble(_read_source(path, split, is_folder), split, path)
+
+
 def load(source: str | os.PathLike = "default", split: str | None = None, *, use_cache: bool = True) -> Dataset:
     """Load one EMNIST split with upright images.
 
     ``split`` defaults to the one named by an ``emnist-<split>.mat`` file, else ``"byclass"``.
-    Raises :class:`EmnistDataError` (one line naming the file and the problem) on bad input.
+    Raises :class:`EmnistDataError` (one line naming the file and the problem) on bad input;
+    a cache that cannot be used only gives a :class:`~emnist_jax.data.cache.CacheWarning`.
     """
     if split is not None:
         _check_split(split)
     if str(source) == "default":
         if split not in (None, "byclass"):
             raise EmnistDataError(f"the embedded default data set has only the byclass split, not {split!r}")
-        return dataclasses.replace(load(default_file(), "byclass", use_cache=use_cache), source="default")
+        return _load_default(use_cache)
     path = os.fspath(source)
-    if not os.path.exists(path):
-        raise EmnistDataError(f"{path}: file not found")
-    split = split or _infer_split(path) or "byclass"
-    if path.endswith(".mat") and _infer_split(path) not in (None, split):
-        raise EmnistDataError(f"{path}: file holds split {_infer_split(path)!r}, not {split!r}")
-    files = list(_idx_files(path, split).values()) if os.path.isdir(path) else [path]
-    key = cache.fingerprint(files, split)
-    arrays = cache.read(key) if use_cache else None
-    if arrays is None:
-        raw = _read_source(path, split)
-        arrays = _assemble(raw, split, path)
-        del raw
-        if use_cache:
-            cache.write(key, arrays)
+    with reading(path):
+        mode = _stat(path).st_mode
+        is_folder = stat.S_ISDIR(mode)
+        if not is_folder and not stat.S_ISREG(mode):
+            raise EmnistDataError(f"{path}: is not a regular file or folder")
+        split = split or _infer_split(path) or "byclass"
+        if not is_folder and path.endswith(".mat") and _infer_split(path) not in (None, split):
+            raise EmnistDataError(f"{path}: file holds split {_infer_split(path)!r}, not {split!r}")
+        if not use_cache:
+            return _dataset(_read_and_assemble(path, split, is_folder), split, path)
+        files = list(_idx_files(path, split).values()) if is_folder else [path]
+        key = cache.fingerprint(files, split)
+        arrays = _through_cache(key, lambda: _read_and_assemble(path, split, is_folder))
     return _dataset(arrays, split, path)
