@@ -1,126 +1,158 @@
-"""download() against a local HTTP server on 127.0.0.1 that each test starts and stops."""
+"""download() and ``python -m emnist_jax.data download`` against a local HTTP server on 127.0.0.1.
+
+Every successful download is checked byte for byte: the archive under its final name is the
+one served, and every extracted file is the archive's member (SHA-256), not just present.
+"""
 
 import hashlib
-import http.server
-import threading
 
+import numpy as np
 import pytest
 
 import official_layout as ol
-from emnist_jax.data import EmnistDataError, download, load
-from emnist_jax.data.official import ARCHIVES, FILES
+from emnist_jax.data import EmnistDataError, download, load, official
+from emnist_jax.data.__main__ import main
 
 
-class Server:
-    """Serves ``files`` (name -> bytes); ``truncate`` names files sent short of their Content-Length."""
-
-    def __init__(self):
-        self.files, self.truncate = {}, set()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                body = outer.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in outer.truncate else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+@pytest.fixture(scope="module")
+def module_server():
+    s = ol.Server()
+    yield s
+    s.close()
 
 
 @pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.close()
+def server(module_server):
+    module_server.reset()
+    return module_server
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def serve_matlab(server, split="mnist"):
-    mat = ol.mat_bytes(ol.make_split(split))
-    archive = ol.write_zip_bytes({f"matlab/emnist-{split}.mat": mat})
-    server.files["matlab.zip"] = archive
-    return archive, {f"emnist-{split}.mat": (sha256(mat), len(mat))}
+def matlab_archive(splits=("mnist",), seed=0):
+    """(archive bytes, member name -> bytes, file_hashes, data of the first split)."""
+    data = {split: ol.make_split(split, seed=seed) for split in splits}
+    members = {f"emnist-{split}.mat": ol.mat_bytes(data[split]) for split in splits}
+    archive = ol.write_zip_bytes({f"matlab/{name}": payload for name, payload in members.items()})
+    return archive, members, {name: (sha256(b), len(b)) for name, b in members.items()}, data[splits[0]]
 
 
-def leftovers(folder):
+def listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+def assert_extracted(files, members):
+    """Each returned file holds exactly its archive member's bytes."""
+    assert sorted(f.name for f in files) == sorted(members)
+    for f in files:
+        assert sha256(f.read_bytes()) == sha256(members[f.name]), f.name
+
+
+def fetch(server, dest, split="mnist", fmt="matlab", **kwargs):
+    kwargs.setdefault("archive_hash", None)
+    return download(split, dest, fmt, base_url=server.url, progressbar=False, **kwargs)
+
+
 def test_official_registry_is_complete():
-    assert len(FILES) == 36 and ARCHIVES["gzip"][1].startswith("md5:")
+    assert len(official.FILES) == 36 and official.ARCHIVES["gzip"][1].startswith("md5:")
+    assert official.ARCHIVES["matlab"][1] is None  # no published hash: the reason for the checks below
 
 
 def test_matlab_download_is_verified_extracted_and_loadable(server, tmp_path):
-    archive, hashes = serve_matlab(server)
-    files = download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash=f"sha256:{sha256(archive)}",
-                     file_hashes=hashes, progressbar=False)
-    assert [f.name for f in files] == ["emnist-mnist.mat"]
-    assert load(files[0]).n_classes == 10
-    assert leftovers(tmp_path) == ["emnist-mnist.mat", "matlab.zip"]
+    archive, members, hashes, data = matlab_archive()
+    server.files["matlab.zip"] = archive
+    files = fetch(server, tmp_path, archive_hash=f"sha256:{sha256(archive)}", file_hashes=hashes)
+    assert_extracted(files, members)
+    assert (tmp_path / "matlab.zip").read_bytes() == archive
+    assert listing(tmp_path) == ["emnist-mnist.mat", "matlab.zip"]  # no temporary file left
+    np.testing.assert_array_equal(load(files[0]).train_images, data["train_images"])
 
 
 def test_gzip_download_extracts_the_idx_files_and_mapping(server, tmp_path):
-    members = ol.idx_members("digits", ol.make_split("digits"))
-    server.files["gzip.zip"] = ol.write_zip_bytes({f"gzip/{n}": b for n, b in members.items()})
-    hashes = {name: (sha256(data), len(data)) for name, data in members.items()}
-    files = download("digits", tmp_path, "gzip", base_url=server.url, archive_hash=None, file_hashes=hashes,
-                     progressbar=False)
-    assert len(files) == 5
-    assert load(tmp_path, "digits").classes == tuple("0123456789")
+    data = ol.make_split("digits")
+    members = ol.idx_members("digits", data)
+    archive = ol.write_zip_bytes({f"gzip/{n}": b for n, b in members.items()})
+    server.files["gzip.zip"] = archive
+    md5 = hashlib.md5(archive).hexdigest()
+    files = fetch(server, tmp_path, "digits", "gzip", archive_hash=f"md5:{md5}",
+                  file_hashes={name: (sha256(b), len(b)) for name, b in members.items()})
+    assert_extracted(files, members)
+    assert (tmp_path / "gzip.zip").read_bytes() == archive
+    ds = load(tmp_path, "digits")
+    np.testing.assert_array_equal(ds.test_images, data["test_images"])
+    assert ds.classes == tuple("0123456789")
 
 
-def test_archive_checksum_mismatch_leaves_nothing(server, tmp_path):
-    _, hashes = serve_matlab(server)
-    with pytest.raises(EmnistDataError, match="matlab.zip"):
-        download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash="sha256:" + "0" * 64,
-                 file_hashes=hashes, progressbar=False)
-    assert leftovers(tmp_path) == []
+def test_split_all_extracts_every_split(server, tmp_path):
+    archive, members, hashes, _ = matlab_archive(tuple(official.SPLITS))
+    server.files["matlab.zip"] = archive
+    assert_extracted(fetch(server, tmp_path, "all", file_hashes=hashes), members)
 
 
-def test_member_checksum_mismatch_leaves_no_member(server, tmp_path):
-    serve_matlab(server)
+def test_retry_after_a_truncated_archive_downloads_again_and_succeeds(server, tmp_path):
+    # The matlab archive has no published hash: a truncated zip served as complete (status 200,
+    # matching Content-Length) used to stay as matlab.zip and poison every retry.
+    archive, members, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = archive[: len(archive) // 2]
+    with pytest.raises(EmnistDataError, match="matlab.zip: not a zip archive"):
+        fetch(server, tmp_path, file_hashes=hashes)
+    assert listing(tmp_path) == []
+    server.files["matlab.zip"] = archive
+    assert_extracted(fetch(server, tmp_path, file_hashes=hashes), members)
+    assert server.requests == ["matlab.zip", "matlab.zip"]
+
+
+def test_retry_after_a_web_page_served_as_the_archive_succeeds(server, tmp_path):
+    archive, members, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
+    with pytest.raises(EmnistDataError, match="received a web page"):
+        fetch(server, tmp_path, file_hashes=hashes)
+    assert listing(tmp_path) == []
+    server.files["matlab.zip"] = archive
+    assert_extracted(fetch(server, tmp_path, file_hashes=hashes), members)
+
+
+def test_member_checksum_mismatch_keeps_neither_member_nor_archive(server, tmp_path):
+    archive, _, _, _ = matlab_archive()
+    server.files["matlab.zip"] = archive
     with pytest.raises(EmnistDataError, match="emnist-mnist.mat: SHA-256 .* does not match"):
-        download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash=None,
-                 file_hashes={"emnist-mnist.mat": ("f" * 64, 1)}, progressbar=False)
-    assert leftovers(tmp_path) == ["matlab.zip"]  # verified archive kept, no member, no .part file
+        fetch(server, tmp_path, file_hashes={"emnist-mnist.mat": ("f" * 64, 1)})
+    assert listing(tmp_path) == []
+
+
+def test_verified_archive_is_reused_without_downloading_again(server, tmp_path):
+    archive, members, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = archive
+    fetch(server, tmp_path, file_hashes=hashes)
+    (tmp_path / "emnist-mnist.mat").unlink()
+    assert_extracted(fetch(server, tmp_path, file_hashes=hashes), members)
+    assert server.requests == ["matlab.zip"]
+
+
+def test_an_archive_put_there_by_hand_is_checked_used_and_left_untouched(server, tmp_path):
+    archive, members, hashes, _ = matlab_archive()
+    (tmp_path / "matlab.zip").write_bytes(archive)
+    assert_extracted(fetch(server, tmp_path, file_hashes=hashes), members)
+    assert server.requests == [] and (tmp_path / "matlab.zip").read_bytes() == archive
 
 
 def test_truncated_transfer_leaves_nothing(server, tmp_path):
-    archive, hashes = serve_matlab(server)
-    server.truncate.add("matlab.zip")
-    with pytest.raises(EmnistDataError, match="matlab.zip"):
-        download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash=f"sha256:{sha256(archive)}",
-                 file_hashes=hashes, progressbar=False)
-    assert leftovers(tmp_path) == []
+    archive, _, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = archive
+    server.cut["matlab.zip"] = len(archive) // 2
+    with pytest.raises(EmnistDataError, match="matlab.zip: download failed"):
+        fetch(server, tmp_path, archive_hash=f"sha256:{sha256(archive)}", file_hashes=hashes)
+    assert listing(tmp_path) == []
 
 
-def test_truncated_transfer_without_archive_hash_is_still_refused(server, tmp_path):
-    _, hashes = serve_matlab(server)
-    server.truncate.add("matlab.zip")
-    with pytest.raises(EmnistDataError):
-        download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash=None, file_hashes=hashes,
-                 progressbar=False)
-    assert "emnist-mnist.mat" not in leftovers(tmp_path)
+def test_archive_checksum_mismatch_leaves_nothing(server, tmp_path):
+    archive, _, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = archive
+    with pytest.raises(EmnistDataError, match="matlab.zip: SHA256 .* does not match the published 000"):
+        fetch(server, tmp_path, archive_hash="sha256:" + "0" * 64, file_hashes=hashes)
+    assert listing(tmp_path) == []
 
 
 def test_zip_slip_is_refused_before_anything_is_extracted(server, tmp_path):
@@ -128,16 +160,15 @@ def test_zip_slip_is_refused_before_anything_is_extracted(server, tmp_path):
     server.files["matlab.zip"] = ol.write_zip_bytes({"matlab/emnist-mnist.mat": mat, "../../evil.txt": b"x"})
     dest = tmp_path / "dest"
     with pytest.raises(EmnistDataError, match="refusing archive entry '../../evil.txt'"):
-        download("mnist", dest, "matlab", base_url=server.url, archive_hash=None,
-                 file_hashes={"emnist-mnist.mat": (sha256(mat), len(mat))}, progressbar=False)
+        fetch(server, dest, file_hashes={"emnist-mnist.mat": (sha256(mat), len(mat))})
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
-    assert leftovers(dest) == ["matlab.zip"]
+    assert listing(dest) == []
 
 
 def test_http_error_is_one_clear_line(server, tmp_path):
     with pytest.raises(EmnistDataError, match="download failed") as info:
-        download("mnist", tmp_path, "matlab", base_url=server.url, archive_hash=None, progressbar=False)
-    assert "\n" not in str(info.value)
+        fetch(server, tmp_path)
+    assert "\n" not in str(info.value) and "404" in str(info.value)
 
 
 def test_unknown_split_or_format():
@@ -145,3 +176,32 @@ def test_unknown_split_or_format():
         download("nope", "x")
     with pytest.raises(EmnistDataError, match="unknown archive format"):
         download("mnist", "x", "tar")
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+@pytest.fixture
+def official_is_local(server, monkeypatch):
+    """Point the command line's official address and checksums at the local server's archive."""
+    archive, members, hashes, _ = matlab_archive()
+    server.files["matlab.zip"] = archive
+    monkeypatch.setattr(official, "BASE_URL", server.url)
+    for name, value in hashes.items():
+        monkeypatch.setitem(official.FILES, name, value)
+    return archive, members
+
+
+def test_download_command_fetches_verifies_and_lists_the_files(official_is_local, tmp_path, capsys):
+    archive, members = official_is_local
+    assert main(["download", "--split", "mnist", "--dest", str(tmp_path / "emnist")]) == 0
+    assert capsys.readouterr().out == f"verified {tmp_path / 'emnist' / 'emnist-mnist.mat'}\n"
+    assert_extracted([tmp_path / "emnist" / "emnist-mnist.mat"], members)
+
+
+def test_download_command_refuses_a_bad_archive_with_one_line_and_exit_2(official_is_local, server, tmp_path,
+                                                                         capsys):
+    server.files["matlab.zip"] = b"<html>maintenance</html>"
+    assert main(["download", "--split", "mnist", "--dest", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "web page" in err
+    assert listing(tmp_path) == []

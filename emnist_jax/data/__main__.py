@@ -3,7 +3,10 @@
     python -m emnist_jax.data info [--data SRC] [--split S] [--out DIR]
     python -m emnist_jax.data download [--split S|all] [--dest DIR] [--format matlab|gzip]
 
-Exit codes: 0 ok, 2 bad input or data (one line on stderr, no traceback).
+Exit codes: 0 ok, 2 bad input or data, or an unwritable --out/--dest (one line on stderr, no
+traceback), 130 interrupted, 141 when the reader of stdout went away (``info | head -1``: the
+status a Unix filter killed by SIGPIPE reports, so ``set -o pipefail`` scripts see the same
+as with ``cat``; nothing after the lost line is done, the figures included).
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from emnist_jax.data import SPLITS, EmnistDataError, download, load
+from emnist_jax.data.formats import os_reason
 from emnist_jax.data.official import ARCHIVES
+
+EXIT_BROKEN_PIPE = 141
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:6.2f}" if whole else "     -"
 
 
 def info(data: str, split: str | None, out: str) -> None:
@@ -32,13 +43,28 @@ def info(data: str, split: str | None, out: str) -> None:
           f"test {test.min():,}..{test.max():,}")
     print("\nlabel char    train    test  train%")
     for label, char in enumerate(dataset.classes):
-        print(f"{label:5d} {char:>4} {train[label]:8,d} {test[label]:7,d} {100 * train[label] / train.sum():6.2f}")
+        print(f"{label:5d} {char:>4} {train[label]:8,d} {test[label]:7,d} {_percent(train[label], train.sum())}")
+    sys.stdout.flush()  # a closed pipe shows here, before any figure is drawn
     from emnist_jax import plots  # matplotlib only when a figure is wanted
 
-    os.makedirs(out, exist_ok=True)
-    grid = plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png"))
-    counts = plots.save(plots.class_distribution(dataset), os.path.join(out, "class_distribution.png"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EmnistDataError(f"{out}: --out is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise EmnistDataError(f"{error.filename or out}: cannot create the --out folder: {os_reason(error)}") from None
+    try:  # plots.save writes a temporary file and renames it: no half-written figure is left
+        grid = plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png"))
+        subtitle = f"{dataset.split}, {'SYNTHETIC embedded default' if dataset.synthetic else dataset.source}"
+        counts = plots.save(plots.class_distribution(train, test, dataset.classes, subtitle),
+                            os.path.join(out, "class_distribution.png"))
+    except OSError as error:
+        raise EmnistDataError(f"{out}: cannot write the figures: {os_reason(error)}") from None
     print(f"\nwrote {grid}\nwrote {counts}")
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +85,30 @@ def main(argv: list[str] | None = None) -> int:
     p_down.add_argument("--format", default="matlab", choices=list(ARCHIVES),
                         help="matlab.zip (.mat files, as the study) or gzip.zip (IDX files) (default: %(default)s)")
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings  # a cache warning is one line, like the errors
     try:
         if args.command == "info":
             info(args.data, args.split, args.out)
         else:
-            for path in download(args.split, args.dest, args.format):
+            # A bar on a terminal only, as tqdm does by default: logs get the one-line outcome.
+            for path in download(args.split, args.dest, args.format, progressbar=sys.stderr.isatty()):
                 print(f"verified {path}")
+        sys.stdout.flush()
     except EmnistDataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Whoever read stdout stopped (`info | head -1`): stop quietly, as a Unix filter does.
+        # Point stdout at devnull so that the interpreter's final flush cannot fail again.
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    finally:
+        warnings.showwarning = shown
     return 0
 
 
