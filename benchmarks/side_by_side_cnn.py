@@ -21,13 +21,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+#: (convolution, steps per call, loop) of each JAX variant timed.
+VARIANTS = (("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"), ("slices", 4, "unroll"),
+            ("slices", 4, "scan"))
+
+
 def jax_variants(batches, seconds):
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from emnist_jax.cnn import TrainConfig
-    from emnist_jax.cnn.train import _eval_batch, create_state, make_mesh, train_calls
+    from emnist_jax.cnn.train import create_state, eval_batch, make_mesh, train_calls, zero_sums
 
     mesh = make_mesh()
     rng = np.random.default_rng(0)
@@ -35,41 +40,36 @@ def jax_variants(batches, seconds):
     images = jnp.asarray(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 62, n).astype(np.int32))
     rows = []
-    for conv in ("xla", "slices"):
-        for k in (1, 4):
-            for batch in batches:
-                config = TrainConfig(conv_impl=conv, steps_per_call=k, batch_size=batch)
-                state = create_state(config, 62, jax.random.key(0))
-                index = jnp.asarray(rng.integers(0, n, (64, k, batch)).astype(np.int32))
-
-                def sums():
-                    return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-
-                start = time.perf_counter()
-                state, s = train_calls(state, images, labels, index[0], sums(), mesh=mesh)
-                jax.block_until_ready(s)
-                compile_s = time.perf_counter() - start
-                calls, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds:
-                    state, s = train_calls(state, images, labels, index[calls % 64], s, mesh=mesh)
-                    calls += 1
-                    if calls % 4 == 0:
-                        jax.block_until_ready(s)
-                jax.block_until_ready(s)
-                train_ips = calls * k * batch / (time.perf_counter() - start)
-                eval_ips = None
-                if k == 1:
-                    mask = jnp.ones(batch)
-                    x, y = images[:batch], labels[:batch]
-                    jax.block_until_ready(_eval_batch(state.params, x, y, mask, apply_fn=state.apply_fn, mesh=mesh))
-                    evals, start = 0, time.perf_counter()
-                    while time.perf_counter() - start < seconds / 2:
-                        out = _eval_batch(state.params, x, y, mask, apply_fn=state.apply_fn, mesh=mesh)
-                        evals += 1
-                    jax.block_until_ready(out)
-                    eval_ips = evals * batch / (time.perf_counter() - start)
-                rows.append({"impl": f"jax conv={conv} K={k}", "batch": batch, "train": train_ips,
-                             "eval": eval_ips, "compile_s": compile_s})
+    for conv, k, loop in VARIANTS:
+        for batch in batches:
+            config = TrainConfig(conv_impl=conv, steps_per_call=k, loop=loop, batch_size=batch)
+            state = create_state(config, 62)
+            index = jnp.asarray(rng.integers(0, n, (64, k, batch)).astype(np.int32))
+            start = time.perf_counter()
+            state, s = train_calls(state, images, labels, index, 0, zero_sums(), mesh=mesh, loop=loop)
+            jax.block_until_ready(s)
+            compile_s = time.perf_counter() - start
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                state, s = train_calls(state, images, labels, index, calls % 64, s, mesh=mesh, loop=loop)
+                calls += 1
+                if calls % 4 == 0:
+                    jax.block_until_ready(s)
+            jax.block_until_ready(s)
+            train_ips = calls * k * batch / (time.perf_counter() - start)
+            eval_ips = None
+            if k == 1:
+                mask = jnp.ones(batch)
+                x, y = images[:batch], labels[:batch]
+                jax.block_until_ready(eval_batch(state.params, x, y, mask, apply_fn=state.apply_fn, mesh=mesh))
+                evals, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds / 2:
+                    out = eval_batch(state.params, x, y, mask, apply_fn=state.apply_fn, mesh=mesh)
+                    evals += 1
+                jax.block_until_ready(out)
+                eval_ips = evals * batch / (time.perf_counter() - start)
+            rows.append({"impl": f"jax conv={conv} K={k} {loop}", "batch": batch, "train": train_ips,
+                         "eval": eval_ips, "compile_s": compile_s})
     return rows
 
 
@@ -151,11 +151,11 @@ def main() -> None:
                    *map(str, args.batches)] + (["--malloc"] if malloc else []) + (["--no-torch"] if args.no_torch else [])
         rows = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"\nmalloc: {'tuned (mallopt)' if malloc else 'glibc default'}")
-        print(f"{'variant':28s} {'batch':>5s} {'train img/s':>12s} {'eval img/s':>11s} {'compile s':>9s}  vs torch")
+        print(f"{'variant':34s} {'batch':>5s} {'train img/s':>12s} {'eval img/s':>11s} {'compile s':>9s}  vs torch")
         torch_train = {r["batch"]: r["train"] for r in rows if r["impl"].startswith("torch")}
         for r in rows:
             ratio = r["train"] / torch_train[r["batch"]] if r["batch"] in torch_train else float("nan")
-            print(f"{r['impl']:28s} {r['batch']:5d} {r['train']:12.0f} "
+            print(f"{r['impl']:34s} {r['batch']:5d} {r['train']:12.0f} "
                   f"{r['eval'] if r['eval'] is not None else float('nan'):11.0f} "
                   f"{r['compile_s'] if r['compile_s'] is not None else float('nan'):9.2f}  {ratio:5.2f}x")
 

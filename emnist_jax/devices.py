@@ -80,5 +80,10 @@ def initialize_distributed(environ: dict | None = None) -> bool:
         return False
     coordinator, count, index = settings
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
+    try:
+        jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
+    except (RuntimeError, ValueError) as error:  # too late (a backend is up), or no coordinator to reach
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DeviceError(f"cannot join the multi-process run at {coordinator} as process {index} of {count}: "
+                          f"{reason}") from None
     return True

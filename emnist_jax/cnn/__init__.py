@@ -1,9 +1,27 @@
-"""The original study's CNN in Flax, trained with Optax Adam (``python -m emnist_jax.cnn``)."""
+"""The original study's CNN in Flax, trained with Optax Adam (``python -m emnist_jax.cnn``).
 
-from emnist_jax.cnn.config import TrainConfig
-from emnist_jax.cnn.evaluate import Evaluation
-from emnist_jax.cnn.model import StudyCNN, n_params
-from emnist_jax.cnn.train import TrainResult, evaluate, train_and_evaluate, train_step, eval_step
+Names are imported on first use, so ``import emnist_jax.cnn.config`` (and the command line's
+``--help``) does not pay for importing JAX.
+"""
 
-__all__ = ["Evaluation", "StudyCNN", "TrainConfig", "TrainResult", "eval_step", "evaluate", "n_params",
-           "train_and_evaluate", "train_step"]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "TrainConfig": "config", "ConfigError": "config", "BACKEND_DEFAULTS": "config",
+    "Evaluation": "evaluation", "summarize": "evaluation", "confusion_matrix": "evaluation",
+    "StudyCNN": "model", "n_params": "model",
+    "CheckpointError": "checkpoints", "CheckpointWarning": "checkpoints",
+    "TrainingInterrupted": "interrupts",
+    "EpochMetrics": "train", "Position": "train", "TrainResult": "train", "evaluate": "train", "eval_step": "train",
+    "train_and_evaluate": "train", "train_step": "train",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"emnist_jax.cnn.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'emnist_jax.cnn' has no attribute {name!r}")

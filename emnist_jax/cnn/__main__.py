@@ -1,63 +1,157 @@
-"""Train the study's CNN alone.
+"""Train the original study's CNN on an EMNIST split and print its accuracy.
 
-    python -m emnist_jax.cnn [--data SRC] [--split S] [--protocol study|official] [--epochs N]
-                             [--batch-size B] [--seed S] [--workdir DIR [--resume]] [--device cpu|gpu|tpu]
+Prints one line per epoch (loss, accuracy, seconds, images/s), then the hold-out and
+official-test accuracy. Options left out keep the study's recipe (emnist_jax.cnn.config);
+convolution form, steps per call and loop are chosen per backend unless given.
 
-Prints per-epoch loss/accuracy and images/s, then the hold-out and official-test accuracy.
-Exit codes: 0 ok, 2 bad input or data (one line on stderr).
+With --workdir a checkpoint is written after every epoch and when Ctrl-C or SIGTERM stops the
+run; --resume continues from it to the same final parameters as an uninterrupted run, and refuses
+a checkpoint of another run (other seed, batch size, protocol, data, ...). Several processes form
+one data-parallel run when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set.
+
+exit codes: 0 ok, 2 bad input, data, device or workdir (one line on stderr), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import signal
 import sys
+import threading
+import warnings
+
+from emnist_jax.cnn.config import ConfigError, TrainConfig
+
+#: Options that override TrainConfig fields: (field, type, metavar, help). Defaults are read from TrainConfig.
+CONFIG_OPTIONS = (
+    ("protocol", str, None, "study: seeded 67/33 split of the train file, hold-out evaluated; official: train "
+                            "file vs test file"),
+    ("epochs", int, "N", "passes over the training images"),
+    ("batch_size", int, "B", "images per step, over all devices"),
+    ("seed", int, "S", "seeds the split, the initial weights and the batch order (0..4294967295)"),
+    ("learning_rate", float, "LR", "Adam's step size"),
+    ("conv_impl", str, None, "convolution form: xla (lax.conv_general_dilated) or slices (9 shifted slices and "
+                             "one matmul)"),
+    ("steps_per_call", int, "K", "training steps per jitted call"),
+    ("loop", str, None, "run the K steps of a call as one lax.scan or unrolled"),
+    ("eval_batch_size", int, "B", "images per evaluation batch"),
+    ("log_every", int, "N", "update the progress bar every N calls (each update waits for the device)"),
+)
+CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices"), "loop": ("scan", "unroll")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = __doc__.strip().splitlines()
+    parser = argparse.ArgumentParser(prog="python -m emnist_jax.cnn", description="\n".join(lines[:-1]).strip(),
+                                     epilog=lines[-1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="default", metavar="SRC",
+                        help="data source as emnist_jax.data.load takes it: a .mat file, a folder of IDX files, "
+                             "or 'default' (the embedded synthetic set) (default: default)")
+    parser.add_argument("--split", default=None, help="EMNIST split (default: from the file name, else byclass)")
+    defaults = TrainConfig()
+    for field, kind, metavar, text in CONFIG_OPTIONS:
+        default = getattr(defaults, field)
+        shown = "per backend, see emnist_jax.cnn.config" if default in (None, "auto") else default
+        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, metavar=metavar,
+                            choices=CHOICES.get(field), help=f"{text} (default: {shown})")
+    parser.add_argument("--workdir", default=None, metavar="DIR",
+                        help="folder for checkpoints (DIR/checkpoints): after every epoch and on Ctrl-C/SIGTERM")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest intact checkpoint in --workdir (a fresh start if it has none)")
+    parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=None,
+                        help="platform to run on; gpu is whichever GPU platform JAX has (default: JAX's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from(args: argparse.Namespace, base: TrainConfig = TrainConfig()) -> TrainConfig:
+    """``base`` with the fields the command line set; raises ConfigError."""
+    return dataclasses.replace(base, **{f: getattr(args, f) for f, *_ in CONFIG_OPTIONS
+                                        if getattr(args, f) is not None})
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupted_line(stop, argv: list[str], workdir: str | None) -> str:
+    """The one line after an interrupt: where the run stopped and how to continue it."""
+    where = f"interrupted{' during evaluation' if stop.during == 'evaluation' else ''} at epoch {stop.epoch}, " \
+            f"step {stop.step}"
+    if not workdir:
+        return f"{where}; nothing saved (no --workdir)"
+    command = ["python", "-m", "emnist_jax.cnn", *argv] + ([] if "--resume" in argv else ["--resume"])
+    return f"{where}{'' if stop.checkpoint else ' (nothing to save yet)'}; resume with: {shlex.join(command)}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emnist_jax.cnn", description=__doc__.split("\n")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", default="default", help="data source, as emnist_jax.data.load takes it")
-    parser.add_argument("--split", default=None, help="EMNIST split (default: from the file name, else byclass)")
-    parser.add_argument("--protocol", default="study", choices=["study", "official"],
-                        help="study: seeded 67/33 split of the train file; official: train file vs test file")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None, help="folder for orbax checkpoints (every epoch and on Ctrl-C)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
-    parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=None,
-                        help="JAX platform to run on (default: JAX's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.resume and not args.workdir:
+        return _fail("--resume needs --workdir (the folder holding the checkpoints)")
+    try:
+        config = config_from(args)
+    except ConfigError as error:
+        return _fail(f"--{error.field.replace('_', '-')} {error.problem}")
+    if threading.current_thread() is threading.main_thread():
+        previous_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            return _run(args, argv, config)
+    except KeyboardInterrupt as stop:
+        from emnist_jax.cnn.interrupts import TrainingInterrupted
+
+        if isinstance(stop, TrainingInterrupted):
+            print(interrupted_line(stop, argv, args.workdir), file=sys.stderr)
+        else:
+            print("interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
+    from emnist_jax import devices
+
+    try:  # both before anything touches a JAX backend
+        devices.initialize_distributed()
+        devices.use_platform(args.device)
+    except devices.DeviceError as error:
+        return _fail(f"--device {args.device}: {error}" if args.device and "JAX_" not in str(error) else str(error))
 
     import jax
 
-    if args.device:
-        try:
-            jax.config.update("jax_platforms", args.device)
-            jax.devices()
-        except RuntimeError as error:
-            print(f"error: --device {args.device}: {str(error).splitlines()[0]}", file=sys.stderr)
-            return 2
-    from emnist_jax.cnn import TrainConfig, train_and_evaluate
+    from emnist_jax.cnn.malloc import tune_malloc
+    from emnist_jax.cnn.train import train_and_evaluate
     from emnist_jax.data import EmnistDataError, load
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, protocol=args.protocol, seed=args.seed)
+    tune_malloc()
+    main_process = jax.process_index() == 0
     try:
         dataset = load(args.data, args.split)
         result = train_and_evaluate(dataset, config, workdir=args.workdir, resume=args.resume,
-                                    progress=not args.no_progress, on_epoch=lambda e: print(e, flush=True))
-    except (EmnistDataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted" + (f"; checkpoint saved in {args.workdir}" if args.workdir else ""), file=sys.stderr)
-        return 130
+                                    progress=not args.no_progress and main_process,
+                                    on_epoch=lambda e: main_process and print(e, flush=True))
+    except (EmnistDataError, ValueError) as error:  # ConfigError and CheckpointError are ValueErrors
+        return _fail(str(error))
+    if not main_process:
+        return 0
     c = result.config
     print(f"{'SYNTHETIC ' if dataset.synthetic else ''}{dataset.split}: {result.n_train:,} training images, "
-          f"{result.n_params:,} parameters, {result.backend} x {result.devices}, "
-          f"conv={c.conv_impl}, {c.steps_per_call} steps per call")
+          f"{result.n_params:,} parameters, {result.backend} x {result.devices} device(s) in {result.processes} "
+          f"process(es), conv={c.conv_impl}, {c.steps_per_call} steps per call ({c.loop}), "
+          f"compiled in {result.compile_seconds:.1f} s")
+    if result.resumed_from:
+        print(f"resumed from epoch {result.resumed_from.epoch}, step {result.resumed_from.step}")
     for name, evaluation in result.evaluations.items():
         print(f"{name:8s} accuracy {evaluation.accuracy:.4f}  loss {evaluation.loss:.4f}  ({evaluation.n:,} images)")
     print("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(c).items()))

@@ -1,38 +1,149 @@
-"""Training configuration. The defaults are the original study's recipe (section 6)."""
+"""Training configuration, validated when made. The defaults are the original study's recipe (section 6).
+
+No JAX here: the command line's ``--help`` and the report's profiles import this module, and
+importing JAX costs seconds. Fields left at ``None`` ("auto" for ``conv_impl``) are chosen per
+backend by :meth:`TrainConfig.resolved` from :data:`BACKEND_DEFAULTS`, each choice with its source.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
-import jax
+CONV_IMPLS = ("xla", "slices")
+LOOPS = ("scan", "unroll")
+PROTOCOLS = ("study", "official")
+MAX_SEED = 2**32 - 1   # sklearn's random_state and a 32-bit PRNG seed both stop here
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendDefaults:
+    conv_impl: str
+    steps_per_call: int
+    loop: str
+    source: str        # where the choice comes from: a measurement (with its place) or "guessed"
+
+
+#: Per-backend execution choices. None of them changes the model or the recipe: the two
+#: convolution forms compute the same layers, and K steps per call (scanned or unrolled) are K
+#: ordinary steps; they only change speed (and float rounding).
+BACKEND_DEFAULTS = {
+    "cpu": BackendDefaults(
+        "slices", 4, "unroll",
+        "measured by us on the 2-core development machine with benchmarks/side_by_side_cnn.py "
+        "(MEASUREMENTS.md, 'CPU'): slices K=4 was the fastest JAX variant at batch 64 (1,975 images/s "
+        "vs 1,725 for xla K=1, mallopt tuned); lax.scan over xla-convolution steps ran 134 images/s "
+        "(10-40x slower), so CPU unrolls"),
+    "gpu": BackendDefaults(
+        "slices", 64, "scan",
+        "measured by issue 12's author on one NVIDIA H100 with JAX 0.11.2, not by us "
+        "(MEASUREMENTS.md, 'One NVIDIA H100'): slices under one lax.scan of K=64 steps reached "
+        "346,978 images/s at batch 64 with a 3.7 s first call, against 50,809 for xla K=1 and "
+        "335,000 for slices unrolled K=8 (~10 s to compile); throughput is flat from K=8 on"),
+    "tpu": BackendDefaults(
+        "xla", 64, "scan",
+        "guessed, not measured: XLA's native convolution maps onto the TPU's matrix unit, and a "
+        "scan of 64 steps per call amortises the per-call overhead as it did on the H100"),
+}
+
+UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this backend: XLA's own choices")
+
+
+class ConfigError(ValueError):
+    """A configuration value out of its range; ``field`` names it, the message is one line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.problem = message
+
+
+def _int(value, field: str, low: int, high: int | None = None, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(field, f"must be an integer{' or None' if none_ok else ''}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(field, f"must be {bounds}, got {value}")
+
+
+def _real(value, field: str, below_one: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
+    if below_one and not 0 <= value < 1:
+        raise ConfigError(field, f"must be in [0, 1), got {value}")
+    if not below_one and value <= 0:
+        raise ConfigError(field, f"must be > 0, got {value}")
+
+
+def _choice(value, field: str, options: tuple[str, ...], none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if value not in options:
+        allowed = ", ".join(repr(o) for o in options) + (" or None" if none_ok else "")
+        raise ConfigError(field, f"must be one of {allowed}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """What to train and how; every field is checked when the object is made (:class:`ConfigError`)."""
+
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64                  # global: split over all devices (of all processes)
     learning_rate: float = 1e-3           # Keras Adam() defaults
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-7
-    protocol: str = "study"               # "study": 67/33 split of the train file; "official": train/test files
+    protocol: str = "study"               # "study": seeded 67/33 split of the train file; "official": train/test files
     holdout_fraction: float = 0.33
     seed: int = 0
     eval_batch_size: int = 1024
-    conv_impl: str = "auto"               # "xla", "slices" or "auto" (per backend, see below)
-    steps_per_call: int = 0               # K steps per jitted call; 0 = per backend
+    conv_impl: str = "auto"               # "xla", "slices" or "auto" (per backend)
+    steps_per_call: int | None = None     # K steps per jitted call; None = per backend
+    loop: str | None = None               # "scan" or "unroll" the K steps; None = per backend
     log_every: int = 50                   # host syncs (progress-bar updates) every N calls
 
-    def resolved(self) -> "TrainConfig":
-        """Fill the per-backend choices.
+    def __post_init__(self) -> None:
+        _int(self.epochs, "epochs", 1)
+        _int(self.batch_size, "batch_size", 1)
+        _real(self.learning_rate, "learning_rate")
+        _real(self.b1, "b1", below_one=True)
+        _real(self.b2, "b2", below_one=True)
+        _real(self.eps, "eps")
+        _choice(self.protocol, "protocol", PROTOCOLS)
+        if isinstance(self.holdout_fraction, bool) or not isinstance(self.holdout_fraction, numbers.Real) \
+                or not 0 < self.holdout_fraction < 1:
+            raise ConfigError("holdout_fraction", f"must lie strictly between 0 and 1, got {self.holdout_fraction!r}")
+        _int(self.seed, "seed", 0, MAX_SEED)
+        _int(self.eval_batch_size, "eval_batch_size", 1)
+        _choice(self.conv_impl, "conv_impl", CONV_IMPLS + ("auto",))
+        _int(self.steps_per_call, "steps_per_call", 1, none_ok=True)
+        _choice(self.loop, "loop", LOOPS, none_ok=True)
+        _int(self.log_every, "log_every", 1)
 
-        CPU: measured with ``benchmarks/side_by_side_cnn.py`` (README, "CNN throughput"): 9-slice
-        convolutions and 4 unrolled steps per call were fastest. GPU/TPU: XLA's native
-        convolution, one step per call (the usual choice there; not measured by us).
-        """
-        cpu = jax.default_backend() == "cpu"
+    def resolved(self, backend: str | None = None) -> "TrainConfig":
+        """Fill the per-backend choices (:data:`BACKEND_DEFAULTS`) for ``backend`` ("cpu", "gpu",
+        "tpu"; default: JAX's default backend). Fields set explicitly are kept."""
+        if backend is None:
+            import jax
+
+            backend = jax.default_backend()
+        defaults = BACKEND_DEFAULTS.get(backend, UNKNOWN_BACKEND)
         return dataclasses.replace(
             self,
-            conv_impl=self.conv_impl if self.conv_impl != "auto" else ("slices" if cpu else "xla"),
-            steps_per_call=self.steps_per_call or (4 if cpu else 1),
+            conv_impl=defaults.conv_impl if self.conv_impl == "auto" else self.conv_impl,
+            steps_per_call=self.steps_per_call or defaults.steps_per_call,
+            loop=self.loop or defaults.loop,
         )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: Fields that define a run's numbers; a checkpoint made under other values is another run.
+#: (epochs only says where to stop; eval_batch_size and log_every change no number; the
+#: execution choices conv_impl, steps_per_call and loop change speed and float rounding.)
+RUN_FIELDS = ("seed", "batch_size", "protocol", "holdout_fraction", "learning_rate", "b1", "b2", "eps")
+EXECUTION_FIELDS = ("conv_impl", "steps_per_call", "loop")

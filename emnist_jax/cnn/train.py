@@ -1,18 +1,23 @@
 """Training and evaluation of the study's CNN: pure jitted steps and a short loop around them.
 
-The data set lives on the devices (uint8, replicated); each epoch draws a permutation with
-``jax.random`` from ``(seed, epoch)``, so a run is reproducible and a resumed run replays the
-same batches. ``K`` steps run per jitted call (unrolled); the batch axis is sharded
-over all devices of a ``Mesh`` (one device is the same code). The last partial batch is
-masked rather than reshaped, so it never recompiles. Checkpoints (orbax) are written after
-every epoch and on Ctrl-C, with the position inside the epoch, so ``resume`` continues exactly.
+The training images live on the devices (uint8, replicated); each epoch draws a permutation with
+``jax.random`` from ``(seed, epoch)``, so a run is reproducible and a resumed run replays the same
+batches. ``K`` steps run per jitted call, scanned or unrolled (per backend, see
+:mod:`emnist_jax.cnn.config`); the batch axis is sharded over all devices of a ``Mesh``, which
+spans every process of a multi-process run (one device is the same code). The last partial batch
+is masked rather than reshaped, so it never recompiles. The model and optimizer objects are made
+once per setting, so a second run with the same settings reuses the compiled programs.
+
+With a workdir, a checkpoint is written after every epoch and when SIGINT/SIGTERM stops the run
+(:mod:`emnist_jax.cnn.checkpoints`, :mod:`emnist_jax.cnn.interrupts`); ``resume`` continues from
+it to the same final parameters, bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
+import math
 import time
 from typing import Any, Callable
 
@@ -25,20 +30,46 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from sklearn.model_selection import train_test_split
 
-from emnist_jax.cnn.config import TrainConfig
-from emnist_jax.cnn.evaluate import Evaluation, summarize
-from emnist_jax.cnn.model import StudyCNN, n_params
+from emnist_jax.cnn.checkpoints import CheckpointError, Checkpoints, data_fingerprint, run_identity
+from emnist_jax.cnn.config import EXECUTION_FIELDS, TrainConfig
+from emnist_jax.cnn.evaluation import Evaluation, summarize
+from emnist_jax.cnn.interrupts import DeferredSignals, TrainingInterrupted, _Forced
+from emnist_jax.cnn.model import StudyCNN, initial_params, n_params
 from emnist_jax.data import Dataset
-
+from emnist_jax.devices import initialize_distributed
 
 TrainState = train_state.TrainState
 
 
-def create_state(config: TrainConfig, n_classes: int, key: jax.Array) -> TrainState:
-    model = StudyCNN(n_classes=n_classes, conv_impl=config.conv_impl)
-    params = jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]  # one compile, not one per op
-    tx = optax.adam(config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+# ---- the model, its optimizer and the pure steps ------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def model_for(n_classes: int, conv_impl: str) -> StudyCNN:
+    """One model object per setting. The model's ``apply`` and the optimizer are static parts of
+    a ``TrainState``: fresh objects per run would make every run compile its programs again."""
+    return StudyCNN(n_classes=n_classes, conv_impl=conv_impl)
+
+
+@functools.lru_cache(maxsize=16)
+def optimizer_for(learning_rate: float, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def create_state(config: TrainConfig, n_classes: int, seed: int | tuple[int, ...] = 0) -> TrainState:
+    """Fresh parameters (Keras' initialisers, from ``seed``) and Adam state; ``config`` must be resolved."""
+    model = model_for(n_classes, config.conv_impl)
+    params = jax.tree.map(jnp.asarray, initial_params(model, seed))
+    return TrainState.create(apply_fn=model.apply, params=params,
+                             tx=optimizer_for(config.learning_rate, config.b1, config.b2, config.eps))
+
+
+def metric_sums(loss: Any, correct: Any, count: Any) -> dict:
+    """The summed training metrics, the one place their layout is written."""
+    return {"loss": loss, "correct": correct, "count": count}
+
+
+def zero_sums() -> dict:
+    return metric_sums(*(jnp.zeros((), jnp.float32) for _ in range(3)))
 
 
 def _inputs(images: jax.Array) -> jax.Array:
@@ -52,9 +83,8 @@ def loss_and_metrics(params: Any, apply_fn: Callable, images: jax.Array, labels:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weight = mask.astype(jnp.float32)
     count = weight.sum()
-    metrics = {"loss": (losses * weight).sum(), "correct": ((logits.argmax(-1) == labels) * weight).sum(),
-               "count": count}
-    return (losses * weight).sum() / jnp.maximum(count, 1.0), metrics
+    metrics = metric_sums((losses * weight).sum(), ((logits.argmax(-1) == labels) * weight).sum(), count)
+    return metrics["loss"] / jnp.maximum(count, 1.0), metrics
 
 
 def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -80,14 +110,14 @@ def eval_step(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Ar
 
 # ---- devices --------------------------------------------------------------------------------
 
-def initialize_distributed() -> None:
-    """Join a multi-host run when its environment is set (coordinator address etc.)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
-
-
 def make_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis ("data") mesh over ``devices``, by default every device of every process."""
     return Mesh(np.asarray(devices or jax.devices()), ("data",))
+
+
+def platform_of(mesh: Mesh) -> str:
+    """"cpu", "gpu" or "tpu": the kind of device the mesh holds (CUDA and ROCm devices say "gpu")."""
+    return mesh.devices.flat[0].platform
 
 
 def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
@@ -95,59 +125,105 @@ def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(array))
 
 
-def _shard_batch(arrays: tuple, mesh: Mesh) -> tuple:
-    """Split the batch axis over the mesh's devices.
+def replicate_tree(tree: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(lambda leaf: replicate(np.asarray(leaf), mesh), tree)
 
-    Skipped on one device: there the constraint only costs (on XLA CPU it made a training step
-    about 20x slower), and one device needs no partitioning.
+
+def _shard(arrays: tuple, mesh: Mesh, spec: P) -> tuple:
+    """Place arrays inside a jitted function; nothing on one device.
+
+    On one device a sharding constraint only costs (on XLA CPU it made a training step about 20x
+    slower, measured by us) and there is nothing to partition.
     """
     if mesh.size == 1:
         return arrays
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = NamedSharding(mesh, spec)
     return tuple(jax.lax.with_sharding_constraint(a, sharding) for a in arrays)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnums=(0, 4))
-def train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array,
-                sums: dict, mesh: Mesh) -> tuple[TrainState, dict]:
-    """K training steps in one jitted call. index: (K, B) rows of the data, -1 = padding.
+# ---- jitted programs ------------------------------------------------------------------------
 
-    The K steps are unrolled rather than scanned: on XLA CPU a ``lax.scan`` around these steps
-    ran 2-10x slower than the same steps unrolled (see README, "CNN throughput").
-    """
-    for rows in index:
+def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array, call: jax.Array,
+                 sums: dict, mesh: Mesh, loop: str = "unroll") -> tuple[TrainState, dict]:
+    def one_step(carry: tuple, rows: jax.Array) -> tuple:
+        state, sums = carry
         safe = jnp.maximum(rows, 0)
-        x, y, mask = _shard_batch((images[safe], labels[safe], rows >= 0), mesh)
+        x, y, mask = _shard((images[safe], labels[safe], rows >= 0), mesh, P("data"))
         state, metrics = train_step(state, {"images": x, "labels": y, "mask": mask})
-        sums = jax.tree.map(jnp.add, sums, metrics)
-    return state, sums
+        return (state, jax.tree.map(jnp.add, sums, metrics)), None
+
+    rows = jax.lax.dynamic_index_in_dim(index, call, keepdims=False)   # (K, B)
+    if loop == "scan":
+        carry, _ = jax.lax.scan(one_step, (state, sums), rows)
+    else:
+        carry = (state, sums)
+        for k in range(rows.shape[0]):
+            carry, _ = one_step(carry, rows[k])
+    return carry
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "mesh"))
-def _eval_batch(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
-                apply_fn: Callable, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
-    return eval_step(params, apply_fn, *_shard_batch((images, labels, mask), mesh))
+#: K training steps in one jitted call: ``train_calls(state, images, labels, index, call, sums,
+#: mesh=, loop=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``, -1 = padding)
+#: and returns the new state and the metric sums plus this call's. ``loop="scan"`` compiles the
+#: step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution steps was
+#: 10-40x slower, MEASUREMENTS.md). ``state`` and ``sums`` are donated.
+train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop"), donate_argnames=("state", "sums"))
+
+
+def _epoch_index(key: jax.Array, epoch: jax.Array, start: jax.Array, n: int, batch: int, k: int, calls: int,
+                 mesh: Mesh) -> jax.Array:
+    order = jax.random.permutation(jax.random.fold_in(key, epoch + 1), n).astype(jnp.int32)
+    padded = jnp.concatenate([order, jnp.full(calls * k * batch, -1, jnp.int32)])
+    rest = jax.lax.dynamic_slice_in_dim(padded, start * batch, calls * k * batch)
+    return _shard((rest.reshape(calls, k, batch),), mesh, P())[0]
+
+
+_epoch_index_jit = jax.jit(_epoch_index, static_argnames=("n", "batch", "k", "calls", "mesh"))
+
+
+def epoch_index(key: jax.Array, epoch: int, start: int, n: int, batch: int, k: int, calls: int,
+                mesh: Mesh) -> jax.Array:
+    """The (calls, K, B) rows of epoch ``epoch`` (0-based) from its step ``start`` on, padded with
+    -1; replicated on the mesh, placed like every other input of ``train_calls`` (one program)."""
+    index = _epoch_index_jit(key, epoch, start, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+    return jax.device_put(index, NamedSharding(mesh, P()))
+
+
+def _eval_batch(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array, apply_fn: Callable,
+                mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    loss, predictions = eval_step(params, apply_fn, *_shard((images, labels, mask), mesh, P("data")))
+    return _shard((loss, predictions), mesh, P())  # replicated, so every process can read them
+
+
+#: ``eval_batch(params, images, labels, mask, apply_fn=, mesh=)``: (summed loss of the unmasked
+#: examples, predictions) for one batch, both replicated on the mesh.
+eval_batch = jax.jit(_eval_batch, static_argnames=("apply_fn", "mesh"))
 
 
 def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
-             batch_size: int = 1024, mesh: Mesh | None = None) -> Evaluation:
-    """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches."""
+             batch_size: int = 1024, mesh: Mesh | None = None,
+             on_batch: Callable[[], None] | None = None) -> Evaluation:
+    """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
+
+    ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
     batch_size = -(-batch_size // mesh.size) * mesh.size
     n = len(labels)
     padded = -(-n // batch_size) * batch_size
-    rows = np.arange(padded)
-    mask = rows < n
+    mask = (np.arange(padded) < n).astype(np.float32)
     images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
     labels_p = np.concatenate([labels, np.zeros(padded - n, labels.dtype)]).astype(np.int32)
     loss, predictions = 0.0, []
     for start in range(0, padded, batch_size):
         s = slice(start, start + batch_size)
-        batch_loss, batch_pred = _eval_batch(state.params, images[s], labels_p[s], mask[s].astype(np.float32),
-                                             apply_fn=state.apply_fn, mesh=mesh)
+        batch_loss, batch_pred = eval_batch(state.params, replicate(images[s], mesh), replicate(labels_p[s], mesh),
+                                            replicate(mask[s], mesh), apply_fn=state.apply_fn, mesh=mesh)
         loss += float(batch_loss)
         predictions.append(np.asarray(batch_pred))
+        if on_batch:
+            on_batch()
     predictions = np.concatenate(predictions)[:n]
     return summarize(labels, predictions, loss / max(n, 1), classes, seconds=time.perf_counter() - started)
 
@@ -159,7 +235,7 @@ class EpochMetrics:
     epoch: int
     loss: float        # mean training loss over the epoch (as Keras' running average at epoch end)
     accuracy: float
-    seconds: float
+    seconds: float     # training only: compilation happens before the first epoch (TrainResult.compile_seconds)
     images_per_second: float
 
     def __str__(self) -> str:
@@ -167,28 +243,32 @@ class EpochMetrics:
                 f"{self.seconds:7.1f} s  {self.images_per_second:8.0f} images/s")
 
 
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a run stands: ``epoch`` (1-based) being trained and ``step`` steps of it done."""
+
+    epoch: int
+    step: int
+
+
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
-    config: TrainConfig
+    config: TrainConfig                  # resolved: the per-backend choices that ran
     n_params: int
     history: list[EpochMetrics]
     evaluations: dict[str, Evaluation]   # "holdout" (study protocol) and/or "test" (official test file)
     n_train: int
-    backend: str
-    devices: int
+    backend: str                         # "cpu", "gpu" or "tpu"
+    devices: int                         # over all processes
+    compile_seconds: float = 0.0         # tracing + compiling the training program (0 when reused)
+    processes: int = 1
+    resumed_from: Position | None = None  # where a resumed run started
 
 
 def _check(dataset: Dataset, config: TrainConfig, mesh: Mesh) -> None:
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if config.protocol not in ("study", "official"):
-        raise ValueError(f"protocol must be 'study' or 'official', got {config.protocol!r}")
-    if config.conv_impl not in ("xla", "slices"):
-        raise ValueError(f"conv_impl must be 'xla', 'slices' or 'auto', got {config.conv_impl!r}")
-    if config.batch_size < 1 or config.batch_size % mesh.size:
-        raise ValueError(f"batch_size must be a positive multiple of the {mesh.size} devices, "
-                         f"got {config.batch_size}")
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size must be a multiple of the {mesh.size} devices, got {config.batch_size}")
     for name in ("train", "test"):
         images, labels = getattr(dataset, f"{name}_images"), getattr(dataset, f"{name}_labels")
         if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
@@ -207,106 +287,181 @@ def split_for(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nda
     return train_test_split(rows, test_size=config.holdout_fraction, random_state=config.seed)
 
 
-def _checkpointer(workdir: str):
-    import orbax.checkpoint as ocp  # slow to import; only when checkpointing
+def _any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
 
-    return ocp, ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                      options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
 def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), workdir: str | None = None,
                        resume: bool = False, progress: bool = True, devices: list | None = None,
-                       on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainResult:
+                       on_epoch: Callable[[EpochMetrics], None] | None = None,
+                       on_call: Callable[[Position], None] | None = None) -> TrainResult:
     """Train the study's CNN on ``dataset`` following ``config`` and evaluate it.
 
-    With ``workdir``, checkpoints go to ``workdir/checkpoints`` after every epoch and on Ctrl-C;
-    ``resume=True`` continues from the latest one and reaches the same final parameters.
-    ``progress`` shows a tqdm bar; ``on_epoch`` is called with each epoch's metrics.
+    With ``workdir``, checkpoints go to ``workdir/checkpoints`` after every epoch and when
+    SIGINT/SIGTERM stops the run (which then raises :class:`TrainingInterrupted`, a
+    ``KeyboardInterrupt``); ``resume=True`` continues from the newest intact one (a fresh start
+    when there is none) and reaches the same final parameters as an uninterrupted run.
+    ``progress`` shows a tqdm bar; ``on_epoch`` is called with each epoch's metrics and
+    ``on_call`` with the position after each jitted call (a ``KeyboardInterrupt`` raised by
+    either stops the run like a signal). In a multi-process run (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) every process calls this with the same arguments.
+
+    Raises ``ValueError`` (:class:`~emnist_jax.cnn.checkpoints.CheckpointError` for the workdir)
+    with a one-line message on bad input.
     """
     from tqdm.auto import tqdm
 
     initialize_distributed()
-    config = config.resolved()
+    if resume and not workdir:
+        raise ValueError("resume needs a workdir holding the checkpoints to resume from")
     mesh = make_mesh(devices)
+    config = config.resolved(platform_of(mesh))
     _check(dataset, config, mesh)
     train_rows, holdout_rows = split_for(dataset, config)
-    if config.batch_size > len(train_rows):
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_rows)} training images")
+    n, batch = len(train_rows), config.batch_size
+    if batch > n:
+        raise ValueError(f"batch_size {batch} is larger than the {n} training images")
+    steps = -(-n // batch)                           # per epoch; the last batch may be partial
+    k = min(config.steps_per_call, steps)            # more steps per call than an epoch holds is padding
+    config = dataclasses.replace(config, steps_per_call=k)
+    calls = -(-steps // k)                           # per epoch; the last call may hold padding steps
+
+    checkpoints = None
+    if workdir:
+        identity = run_identity(config, dataset.n_classes, n,
+                                data_fingerprint(dataset.train_images, dataset.train_labels, train_rows))
+        checkpoints = Checkpoints(workdir, identity, {f: getattr(config, f) for f in EXECUTION_FIELDS})
+        if not resume and checkpoints.steps():
+            raise CheckpointError(f"{checkpoints.folder}: holds the checkpoints of an earlier run; resume it "
+                                  "(--resume) or use another workdir")
+
     images = replicate(dataset.train_images[train_rows], mesh)
     labels = replicate(dataset.train_labels[train_rows].astype(np.int32), mesh)
     key = jax.random.key(config.seed)
-    state = jax.device_put(create_state(config, dataset.n_classes, jax.random.fold_in(key, 0)),
-                           NamedSharding(mesh, P()))
-    n, batch, k = len(train_rows), config.batch_size, config.steps_per_call
-    steps = -(-n // batch)   # the last batch may be partial
-    calls = -(-steps // k)   # the last call may hold padding steps, which change nothing
-
-    replicated = NamedSharding(mesh, P())
-
-    def zero_sums() -> dict:  # fresh each epoch (the running sums are donated), placed like the outputs
-        return jax.device_put({"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}, replicated)
+    state = replicate_tree(create_state(config, dataset.n_classes, (config.seed, 0)), mesh)
+    sums = replicate_tree(zero_sums(), mesh)
 
     history: list[EpochMetrics] = []
-    start_epoch, start_call, sums = 0, 0, zero_sums()
-    manager = ocp = None
-    if workdir:
-        ocp, manager = _checkpointer(workdir)
-        if resume and manager.latest_step() is not None:
-            restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-                state=ocp.args.StandardRestore({"state": state, "sums": zero_sums()}), meta=ocp.args.JsonRestore()))
-            state, sums = restored["state"]["state"], restored["state"]["sums"]
-            meta = restored["meta"]
-            start_epoch, start_call = meta["epoch"], meta["call"]
+    position, resumed_from = Position(1, 0), None
+    if resume and checkpoints is not None:
+        restored = checkpoints.restore(state, sums)
+        if restored is not None:
+            state, sums, meta = restored
+            position = resumed_from = Position(meta["epoch"], meta["step"])
             history = [EpochMetrics(**h) for h in meta["history"]]
+            if position.epoch > config.epochs + 1 or (position.epoch == config.epochs + 1 and position.step):
+                raise ValueError(f"{checkpoints.folder}: the checkpoint is at epoch {position.epoch}, step "
+                                 f"{position.step}, past the {config.epochs} epochs asked for")
+    saved = resumed_from   # the newest position on disk
+    single = jax.process_count() == 1
 
-    def save(epoch: int, call: int, sums: dict) -> None:
-        if manager is None:
-            return
-        step = epoch * calls + call
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"state": state, "sums": sums}),
-            meta=ocp.args.JsonSave({"epoch": epoch, "call": call,
-                                    "history": [dataclasses.asdict(h) for h in history]})), force=True)
-        manager.wait_until_finished()
+    def save(at: Position, sums: dict) -> None:
+        nonlocal saved
+        if checkpoints is not None and at != Position(1, 0):
+            with signals.critical():
+                checkpoints.save((at.epoch - 1) * steps + at.step, state, sums, {
+                    "epoch": at.epoch, "step": at.step, "history": [dataclasses.asdict(h) for h in history]})
+            saved = at
 
-    epoch, next_call = start_epoch, start_call
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            order = jax.random.permutation(jax.random.fold_in(key, epoch + 1), n)
-            index = jnp.full(calls * k * batch, -1, jnp.int32).at[:n].set(order).reshape(calls, k, batch)
-            first = start_call if epoch == start_epoch else 0
-            sums = sums if epoch == start_epoch else zero_sums()
-            bar = tqdm(total=n, initial=min(first * k * batch, n), desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="img", unit_scale=True, disable=not progress, leave=False)
-            started = time.perf_counter()
-            for call in range(first, calls):
-                state, sums = train_calls(state, images, labels, index[call], sums, mesh=mesh)
-                next_call = call + 1
-                if next_call % config.log_every == 0 or next_call == calls:
-                    seen = float(sums["count"])  # the only host sync inside an epoch
-                    bar.update(int(seen) - bar.n)
-                    bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.4f}",
-                                    acc=f"{float(sums['correct']) / max(seen, 1):.4f}")
-            seconds = time.perf_counter() - started
-            bar.close()
-            count = float(sums["count"])
-            trained = n - min(first * k * batch, n)
-            history.append(EpochMetrics(epoch + 1, float(sums["loss"]) / count, float(sums["correct"]) / count,
-                                        seconds, trained / seconds if seconds else 0.0))
-            next_call = 0
-            save(epoch + 1, 0, zero_sums())
-            if on_epoch:
-                on_epoch(history[-1])
-    except KeyboardInterrupt:
+    def interrupted(at: Position | None, during: str = "training") -> TrainingInterrupted:
+        """The exception to raise at ``at`` (None: the run had not started)."""
+        at = at or Position(1, 0)
+        folder = str(checkpoints.folder) if checkpoints is not None and saved == at else None
+        return TrainingInterrupted(at.epoch, at.step, folder, signals.name, during)
+
+    def stop_here(at: Position) -> TrainingInterrupted:
+        """Stop at a safe point (between calls, the state whole), saving ``at`` first."""
         jax.block_until_ready(state)
-        save(epoch, next_call, sums)
-        raise
+        save(at, sums)
+        return interrupted(at)
 
-    evaluations = {}
-    if len(holdout_rows):
-        evaluations["holdout"] = evaluate(state, dataset.train_images[holdout_rows], dataset.train_labels[holdout_rows],
-                                          dataset.classes, config.eval_batch_size, mesh)
-    evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
-                                   config.eval_batch_size, mesh)
-    return TrainResult(state, config, n_params(dataset.n_classes), history, evaluations, n,
-                       jax.default_backend(), mesh.size)
+    def signalled() -> bool:
+        return signals.received is not None
+
+    compile_seconds = 0.0
+    with DeferredSignals() as signals:
+        try:
+            start = position
+            if start.epoch <= config.epochs:
+                index = epoch_index(key, start.epoch - 1, start.step, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                started = time.perf_counter()
+                train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop).compile()
+                compile_seconds = time.perf_counter() - started
+            if _any_process(signalled()):
+                raise stop_here(position)
+            for epoch in range(start.epoch, config.epochs + 1):
+                first = start.step if epoch == start.epoch else 0
+                if epoch != start.epoch:
+                    sums = replicate_tree(zero_sums(), mesh)
+                    index = epoch_index(key, epoch - 1, 0, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                bar = tqdm(total=n, initial=min(first * batch, n), desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                           unit_scale=True, disable=not progress or jax.process_index() != 0, leave=False)
+                started = time.perf_counter()
+                for call in range(-(-(steps - first) // k)):
+                    state, sums = train_calls(state, images, labels, index, call, sums, mesh=mesh, loop=config.loop)
+                    position = Position(epoch, min(first + (call + 1) * k, steps))
+                    if position.step == steps:
+                        break  # the end of an epoch is saved as the start of the next, below
+                    synced = (call + 1) % config.log_every == 0
+                    if synced:
+                        _show(bar, sums)  # the only host sync inside an epoch
+                    _callback(on_call, position, lambda: stop_here(position))
+                    if (signalled() if single else synced and _any_process(signalled())):
+                        raise stop_here(position)
+                _show(bar, sums)  # waits for the epoch's last call
+                seconds = time.perf_counter() - started
+                bar.close()
+                count = float(sums["count"])
+                trained = n - min(first * batch, n)
+                history.append(EpochMetrics(epoch, float(sums["loss"]) / count, float(sums["correct"]) / count,
+                                            seconds, trained / seconds if seconds else 0.0))
+                position = Position(epoch + 1, 0)
+                sums = replicate_tree(zero_sums(), mesh)
+                save(position, sums)
+                _callback(on_call, position, lambda: stop_here(position))
+                _callback(on_epoch, history[-1], lambda: stop_here(position))
+                if _any_process(signalled()):
+                    raise stop_here(position)
+        except _Forced:
+            # a second signal, maybe inside a jitted call that had already consumed the state:
+            # nothing new is saved, the newest checkpoint stays the place to resume from
+            raise interrupted(saved) from None
+
+        def check_signal() -> None:  # between evaluation batches; all processes run them together
+            if single and signalled():
+                raise interrupted(saved, during="evaluation")
+
+        evaluations = {}
+        if len(holdout_rows):
+            evaluations["holdout"] = evaluate(state, dataset.train_images[holdout_rows],
+                                              dataset.train_labels[holdout_rows], dataset.classes,
+                                              config.eval_batch_size, mesh, on_batch=check_signal)
+        evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
+                                       config.eval_batch_size, mesh, on_batch=check_signal)
+    if checkpoints is not None:
+        checkpoints.close()
+    return TrainResult(state, config, n_params(dataset.n_classes), history, evaluations, n, platform_of(mesh),
+                       mesh.size, compile_seconds, jax.process_count(), resumed_from)
+
+
+def _show(bar: Any, sums: dict) -> None:
+    seen = float(sums["count"])
+    bar.update(int(seen) - bar.n)
+    bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.4f}", acc=f"{float(sums['correct']) / max(seen, 1):.4f}")
+
+
+def _callback(function: Callable | None, argument: Any, stop_here: Callable) -> None:
+    """Call a user callback at a safe point; its KeyboardInterrupt stops the run like a signal."""
+    if function is None:
+        return
+    try:
+        function(argument)
+    except _Forced:
+        raise
+    except KeyboardInterrupt:
+        raise stop_here() from None

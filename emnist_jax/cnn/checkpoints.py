@@ -1,0 +1,165 @@
+"""Checkpoints of one training run (orbax), and the checks that make resuming safe.
+
+Each checkpoint is numbered by the global training step it holds (completed epochs x steps per
+epoch + steps done in the current epoch): every position of a run has its own number, and the end
+of an epoch and the start of the next, being one position, are saved once. Saving a position that
+is already on disk does nothing.
+
+A checkpoint also records what defines the run (:data:`~emnist_jax.cnn.config.RUN_FIELDS`, the
+number of classes, the number of training images and a SHA-256 of the training data and split).
+Resuming refuses another run's checkpoint, naming the field that differs; an unreadable newest
+checkpoint falls back to the newest intact one, with a warning. Saves are synchronous and orbax
+writes each one to a temporary folder that it renames when complete; temporary folders left by a
+killed process are removed when the next run opens the folder (they are orbax's own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emnist_jax.cnn.config import EXECUTION_FIELDS, RUN_FIELDS, TrainConfig
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A workdir that cannot be written, or resumed from; the message is one line naming the folder."""
+
+
+class CheckpointWarning(UserWarning):
+    """Resuming went on, but not quite as asked (a fallback, or other execution choices)."""
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> str:
+    """SHA-256 of the train file's images and labels and of the rows the run trains on."""
+    digest = hashlib.sha256()
+    for array in (images, labels, rows.astype(np.int64)):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def run_identity(config: TrainConfig, n_classes: int, n_train: int, fingerprint: str) -> dict:
+    """What a checkpoint must share with a run that resumes from it."""
+    return {**{name: getattr(config, name) for name in RUN_FIELDS}, "n_classes": n_classes, "n_train": n_train,
+            "training data": fingerprint}
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a SHA-256
+        return f"sha256 {value[:12]}..."
+    return repr(value)
+
+
+class Checkpoints:
+    """The checkpoints of one run in ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str | os.PathLike, identity: dict, execution: dict, keep: int = 2):
+        import orbax.checkpoint as ocp  # slow to import: only when checkpointing
+
+        self.ocp = ocp
+        self.folder = Path(workdir).absolute() / "checkpoints"
+        self.identity, self.execution = identity, execution
+        self._unreadable: set[int] = set()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):  # fails now, not at the first save
+                pass
+        except OSError as error:
+            raise CheckpointError(f"{workdir}: cannot write checkpoints there ({error.strerror or error})") from None
+        self.manager = ocp.CheckpointManager(self.folder, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, cleanup_tmp_directories=True, enable_async_checkpointing=False))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def _meta_file(self, step: int) -> Path:
+        folder = self.folder / str(step) / "meta"
+        return folder / "metadata" if (folder / "metadata").exists() else folder
+
+    def _read_meta(self, step: int) -> dict:
+        meta = self.manager.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"holds {type(meta).__name__}, not a JSON object")
+        return meta
+
+    def _check_identity(self, step: int, meta: dict) -> None:
+        if meta.get("format") != FORMAT or not isinstance(meta.get("run"), dict):
+            raise CheckpointError(f"{self.folder / str(step)}: checkpoint without a record of its run (written by "
+                                  "another version of emnist_jax); resume it with that version or use another workdir")
+        there = meta["run"]
+        for name, here in self.identity.items():
+            if there.get(name) != here:
+                raise CheckpointError(
+                    f"{self.folder}: the checkpoint belongs to another run: {name} is {_describe(there.get(name))} "
+                    f"there and {_describe(here)} here; resume with the same settings and data, or use another workdir")
+        for name, here in self.execution.items():
+            if name in meta.get("execution", {}) and meta["execution"][name] != here:
+                warnings.warn(f"{self.folder}: checkpoint made with {name}={meta['execution'][name]!r}, this run uses "
+                              f"{here!r}: the same model, so the result matches an uninterrupted run only to float "
+                              "rounding", CheckpointWarning, stacklevel=4)
+
+    def restore(self, state: Any, sums: Any) -> tuple[Any, Any, dict] | None:
+        """(state, sums, metadata) of the newest intact checkpoint, or None when there is none at all.
+
+        ``state`` and ``sums`` give the structure, shapes and placement to restore into.
+        """
+        problems: list[str] = []
+        for step in reversed(self.steps()):
+            try:
+                meta = self._read_meta(step)
+            except Exception as error:  # any unreadable metadata: fall back to an older checkpoint
+                problems.append(f"{self._meta_file(step)}: {_first_line(error)}")
+                self._unreadable.add(step)
+                continue
+            self._check_identity(step, meta)
+            try:
+                restored = self.manager.restore(step, args=self.ocp.args.Composite(
+                    state=self.ocp.args.StandardRestore({"state": state, "sums": sums})))["state"]
+            except Exception as error:  # truncated or garbled arrays: the same
+                problems.append(f"{self.folder / str(step)}: {_first_line(error)}")
+                self._unreadable.add(step)
+                continue
+            if problems:
+                warnings.warn(f"{self.folder}: newest checkpoint unreadable ({'; '.join(problems)}); "
+                              f"resuming from checkpoint {step}", CheckpointWarning, stacklevel=3)
+            return restored["state"], restored["sums"], meta
+        if problems:
+            raise CheckpointError(f"{self.folder}: no intact checkpoint to resume from ({'; '.join(problems)})")
+        return None
+
+    def save(self, step: int, state: Any, sums: Any, position: dict) -> None:
+        """Write the run's position ``step`` (once: a position already saved intact is left as it is)."""
+        if step in self.manager.all_steps():
+            if step not in self._unreadable:
+                return
+            self.manager.delete(step)
+            self._unreadable.discard(step)
+        meta = {"format": FORMAT, "run": self.identity, "execution": self.execution, **position}
+        try:
+            self.manager.save(step, args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardSave({"state": state, "sums": sums}), meta=self.ocp.args.JsonSave(meta)),
+                force=True)
+            self.manager.wait_until_finished()
+        except Exception as error:  # a full or vanished disk, most often
+            for partial in self.folder.glob(f"{step}.orbax-checkpoint-tmp*"):  # orbax's own, of this save
+                shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointError(f"{self.folder}: cannot write checkpoint {step} ({_first_line(error)})") from None
+
+    def close(self) -> None:
+        self.manager.close()
