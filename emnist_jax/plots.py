@@ -50,37 +50,54 @@ def _montage(images: np.ndarray, cols: int) -> np.ndarray:
 
 
 def sample_grid(dataset: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
-    """Random upright training samples of every class, one titled panel per class."""
+    """Random upright training samples of every class: one tile of images per class, labelled.
+
+    Drawn as one image (a montage of all tiles) with a text label per tile: 62 separate
+    panels took seconds to lay out and save.
+    """
     rng = np.random.default_rng(seed)
+    side, tile_cols = dataset.train_images.shape[1], 3
+    tile_rows = -(-per_class // tile_cols)
     n_cols = 8 if dataset.n_classes > 16 else min(dataset.n_classes, 5)
     n_rows = -(-dataset.n_classes // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.35 * n_rows + 0.6), squeeze=False)
-    for label, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if label >= dataset.n_classes:
-            continue
+    tile_h, tile_w = tile_rows * (side + 1) - 1, tile_cols * (side + 1) - 1
+    gap_x, gap_y = 10, 22  # pixels between tiles; the vertical gap holds the label
+    canvas = np.full((n_rows * (tile_h + gap_y), n_cols * (tile_w + gap_x) - gap_x), 255, np.uint8)
+    fig, ax = plt.subplots(figsize=(1.45 * n_cols, 1.45 * n_rows * (tile_h + gap_y) / (tile_w + gap_x) + 0.5))
+    for label in range(dataset.n_classes):
         members = np.flatnonzero(dataset.train_labels == label)
-        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        chosen = np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False)) if len(members) else []
+        r, c = divmod(label, n_cols)
+        top, left = r * (tile_h + gap_y) + gap_y, c * (tile_w + gap_x)
+        tile = np.full((tile_h, tile_w), 60, np.uint8)
         if len(chosen):
-            ax.imshow(_montage(dataset.train_images[np.sort(chosen)], cols=3), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{label}: '{dataset.classes[label]}'", fontsize=9)
-    fig.suptitle(f"Training samples per class (upright) - {_title_suffix(dataset)}", fontsize=11)
+            montage = _montage(dataset.train_images[chosen], cols=tile_cols)
+            tile[:montage.shape[0], :montage.shape[1]] = montage
+        canvas[top:top + tile_h, left:left + tile_w] = tile
+        ax.text(left + tile_w / 2, top - 4, f"{label}: '{dataset.classes[label]}'", ha="center", va="bottom",
+                fontsize=8)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"Training samples per class (upright) - {_title_suffix(dataset)}", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def class_distribution(dataset: Dataset) -> plt.Figure:
-    """Images per class, train and test side by side."""
-    x = np.arange(dataset.n_classes)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.2 * dataset.n_classes + 2), 3.4))
-    ax.bar(x - 0.2, dataset.class_counts("train"), width=0.4, label="train")
-    ax.bar(x + 0.2, dataset.class_counts("test"), width=0.4, label="test")
-    ax.set_xticks(x, dataset.classes, fontsize=8)
-    ax.set_xlim(-0.7, dataset.n_classes - 0.3)
+def class_distribution(train_counts: np.ndarray, test_counts: np.ndarray, classes: tuple[str, ...],
+                       subtitle: str) -> plt.Figure:
+    """Images per class, train and test side by side; the legend sits above the bars, never on them."""
+    n = len(classes)
+    x = np.arange(n)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.2 * n + 2), 3.6))
+    ax.bar(x - 0.2, train_counts, width=0.4, label="train")
+    ax.bar(x + 0.2, test_counts, width=0.4, label="test")
+    ax.set_xticks(x, classes, fontsize=8)
+    ax.set_xlim(-0.7, n - 0.3)
     ax.set_xlabel("class")
     ax.set_ylabel("images")
-    ax.set_title(f"Class distribution - {_title_suffix(dataset)}")
-    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"Class distribution - {subtitle}", loc="left", fontsize=10)
+    ax.legend(ncols=2, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -143,22 +160,45 @@ def pca_curves(n: np.ndarray, logreg: np.ndarray, converged: np.ndarray, rf: np.
 
 def cnn_history(loss: list[float], accuracy: list[float], subtitle: str,
                 study: tuple[list[float], list[float]] | None = None) -> plt.Figure:
-    epochs = np.arange(1, len(loss) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax_loss.plot(epochs, loss, "o-", label="this run")
-    ax_acc.plot(epochs, accuracy, "o-", label="this run")
-    if study is not None:
-        study_epochs = np.arange(1, len(study[0]) + 1)
-        ax_loss.plot(study_epochs, study[0], "--", color="grey", label="original study (real EMNIST)")
-        ax_acc.plot(study_epochs, study[1], "--", color="grey", label="original study (real EMNIST)")
-    ax_loss.set_ylabel("training loss (cross-entropy, epoch mean)")
-    ax_acc.set_ylabel("training accuracy (epoch mean)")
-    for ax in (ax_loss, ax_acc):
+    """Loss and accuracy per epoch, beside the study's.
+
+    The top row spans this run's epochs only, so a short run's points are not squeezed into a
+    corner; the study's curve is drawn over the same epochs. When the study trained longer, a
+    second row shows its whole curve with this run's epochs shaded.
+    """
+    n = len(loss)
+    epochs = np.arange(1, n + 1)
+    longer = study is not None and len(study[0]) > n
+    fig, axes = plt.subplots(2 if longer else 1, 2, figsize=(9.5, 6.6 if longer else 3.6), squeeze=False)
+    names = ("training loss (cross-entropy)", "training accuracy")
+    for col, (ours, name) in enumerate(zip((loss, accuracy), names)):
+        ax = axes[0, col]
+        ax.plot(epochs, ours, "o-", color="tab:blue", markersize=7, label="this run")
+        if study is not None:
+            theirs = np.asarray(study[col])
+            shown = min(n, len(theirs))
+            ax.plot(epochs[:shown], theirs[:shown], "s--", color="grey", markersize=5,
+                    label=f"original study (real EMNIST), epochs 1-{shown}" if shown > 1
+                    else "original study (real EMNIST), epoch 1")
+        ax.set_xlim(0.5, n + 0.5)
+        if n <= 12:
+            ax.set_xticks(epochs)
+        ax.set_title(f"{name}, this run's {n} epoch{'s' if n > 1 else ''}", fontsize=9)
+        if longer:
+            whole = axes[1, col]
+            study_epochs = np.arange(1, len(study[col]) + 1)
+            whole.axvspan(0.5, n + 0.5, color="tab:blue", alpha=0.08, label="this run's epochs")
+            whole.plot(study_epochs, study[col], "s--", color="grey", markersize=4, label="original study")
+            whole.plot(epochs, ours, "o", color="tab:blue", markersize=5, label="this run")
+            whole.set_xlim(0.5, len(study_epochs) + 0.5)
+            whole.set_title(f"{name}: the study's {len(study_epochs)} epochs", fontsize=9)
+    for ax in axes.flat:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"CNN training per epoch - {subtitle}", fontsize=10)
+        ax.legend(fontsize=7)
+        if not (ax in axes[0] and n <= 12):
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle(f"CNN training per epoch (epoch means) - {subtitle}", fontsize=10)
     fig.tight_layout()
     return fig
 

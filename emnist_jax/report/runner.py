@@ -1,0 +1,226 @@
+"""One report run: load the data, run (or reuse) each stage, write the report, swap it in.
+
+Exit codes: 0 ok, 1 a stage failed (the others still ran; the report says which failed),
+2 bad input (data, ``--out``, ``--resume`` state), 130 interrupted (Ctrl-C or SIGTERM: the
+partial output is removed, finished stages stay stored for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from emnist_jax.profiles import Profile
+
+STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
+#: stages that every process of a multi-process run must join (their JAX work is collective)
+COLLECTIVE_STAGES = ("cnn",)
+#: metrics.json keys that hold wall-clock measurements; everything else is equal between an
+#: uninterrupted run and a resumed one
+TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the command line asked for (validated)."""
+
+    data: str
+    split: str | None
+    profile: Profile
+    out: str | None
+    only: tuple[str, ...]
+    resume: bool
+    command: str
+
+
+class Log:
+    """Lines on stdout prefixed with the seconds since the start."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:7.1f} s] {message}", flush=True)
+
+
+def default_out(source: str, split: str, profile: str) -> Path:
+    name = "default" if source == "default" else Path(source).name.replace(".", "-")
+    return Path("reports") / f"{name}-{split}-{profile}"
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a closed session, ``kill``) is handled like Ctrl-C: stop, keep what is stored, exit 130."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM while the finished report is swapped in; act on them afterwards."""
+    pending = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            raise KeyboardInterrupt
+
+
+def _failed(stage: str, error: Exception, status: dict, staging) -> None:
+    status[stage] = f"failed: {type(error).__name__}: {error}".splitlines()[0]
+    if staging:
+        (staging.folder / f"{stage}-error.txt").write_text(traceback.format_exc())
+    print(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)",
+          file=sys.stderr, flush=True)
+
+
+def run(options: Options) -> int:
+    with _terminate_as_interrupt():
+        return _run(options)
+
+
+def _run(options: Options) -> int:
+    import jax
+
+    from emnist_jax.data import EmnistDataError, load
+    from emnist_jax.report import output, store
+    from emnist_jax.report.comparison import comparison
+    from emnist_jax.report.sections import SECTIONS
+    from emnist_jax.report.stages import STAGES, Inputs, describe
+    from emnist_jax.report.writers import environment, write_documents, write_metrics
+
+    log = Log()
+    writer = jax.process_index() == 0
+    profile = options.profile
+    state = staging = None
+    current = "loading the data"
+    try:
+        try:
+            if options.out is not None:
+                output.check_target(options.out)  # before minutes of loading
+            log(f"loading {options.data} ...")
+            dataset = load(options.data, options.split)
+            target = output.check_target(options.out or default_out(options.data, dataset.split, profile.name))
+            current = "setup"
+            key = store.run_key(store.fingerprint(dataset), profile)
+            state_folder = target.parent / f".{target.name}.state"
+            if writer:
+                output.clean_stale(target.parent, log)
+                state = store.Store(state_folder, key, options.resume, log)
+                staging = output.Staging(target)
+        except (EmnistDataError, output.OutputError, store.StateError) as error:
+            return _error(str(error))
+        inputs = Inputs(dataset, profile, cnn_workdir=state_folder / "cnn", resume=options.resume,
+                        on_epoch=lambda e: log(f"cnn {e}"))
+        kind = "SYNTHETIC embedded default" if dataset.synthetic else "EMNIST"
+        log(f"{kind} {dataset.split}: {len(dataset.train_labels):,} train, {len(dataset.test_labels):,} test; "
+            f"profile {profile.name}, seed {profile.classic.seed}; writing {target}")
+        status, seconds, sections, metrics, resumed = {}, {}, {}, {}, []
+        for stage in STAGE_NAMES:
+            if stage not in options.only or (not writer and stage not in COLLECTIVE_STAGES):
+                status[stage] = "skipped"
+                continue
+            current = stage
+            started = time.perf_counter()
+            result = state.load(stage) if (state and options.resume) else None
+            if result is not None:
+                resumed.append(stage)
+                log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
+            else:
+                log(f"{stage}: {describe(stage, inputs)}")
+                try:
+                    result = STAGES[stage](inputs)
+                    result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
+                except Exception as error:  # a failed stage is reported; the others still run
+                    _failed(stage, error, status, staging)
+                else:
+                    result.seconds = time.perf_counter() - started
+                    if state:
+                        state.save(stage, result)  # an OSError here (a full disk) ends the run: exit 2
+            if stage not in status:
+                metrics.update(result.metrics)
+                drawn = time.perf_counter()
+                try:
+                    if writer:
+                        sections[stage] = SECTIONS[stage](result, inputs, staging.folder)
+                    status[stage] = "ok"
+                except OSError:
+                    raise  # cannot write the figures: ends the run, exit 2
+                except Exception as error:
+                    _failed(stage, error, status, staging)
+                seconds[stage] = result.seconds + time.perf_counter() - drawn  # the work and its figures
+            else:
+                seconds[stage] = time.perf_counter() - started
+            log(f"{stage} {status[stage].split(':')[0]} in {time.perf_counter() - started:.1f} s"
+                + (f" (stored result; it took {seconds[stage]:.1f} s)" if stage in resumed else ""))
+        current = "writing the report"
+        if not writer:
+            return 1 if any(v.startswith("failed") for v in status.values()) else 0
+        from emnist_jax import plots
+
+        plots.save(plots.stage_times(seconds, status), staging.folder / "timings.png")
+        d = dataset
+        metrics = {
+            "schema_version": 1, "command": options.command, "profile": profile.name, "seed": profile.classic.seed,
+            "stages": status, "seconds": seconds, "total_seconds": time.perf_counter() - log.started,
+            "resumed_stages": resumed,
+            "dataset": {"source": d.source, "split": d.split, "synthetic": d.synthetic, "n_train": len(d.train_labels),
+                        "n_test": len(d.test_labels), "n_classes": d.n_classes, "classes": list(d.classes)},
+            "environment": environment(), **metrics}
+        metrics = store.jsonable(metrics)
+        write_metrics(staging.folder, metrics)
+        failed_sections = [{"id": s, "title": s, "status": status[s], "text": [], "tables": [], "figures": []}
+                           for s in STAGE_NAMES if s not in sections and status[s].startswith("failed")]
+        write_documents(staging.folder, {
+            "metrics": metrics, "status": status, "seconds": seconds, "command": options.command,
+            "profile": profile.name, "split": d.split, "synthetic": d.synthetic,
+            "sections": [dict(sections[s], id=s, status=status[s]) for s in STAGE_NAMES if s in sections]
+            + failed_sections, "comparison": comparison(metrics)})
+        with _signals_deferred():
+            staging.commit()
+            state.remove()
+    except KeyboardInterrupt as interrupt:
+        where = f"stage {current}" if current in STAGE_NAMES else current
+        if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
+            where += f" (CNN epoch {interrupt.epoch}, step {interrupt.step}, checkpoint saved)"
+        hint = "; rerun with --resume to continue" if state else "; nothing was written"
+        print(f"interrupted during {where}{hint}", file=sys.stderr, flush=True)
+        return 130
+    except output.OutputError as error:
+        return _error(f"{error}; the finished stages are stored: rerun with --resume once --out is free")
+    except OSError as error:
+        where = getattr(error, "filename", None) or options.out
+        return _error(f"cannot write the report: {error.strerror or error} ({where})")
+    finally:
+        if staging:
+            staging.discard()  # nothing left once committed
+        if state:
+            state.release()
+    failed = [s for s, v in status.items() if v.startswith("failed")]
+    log(f"wrote {target}/index.html" + (f"; FAILED stages: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
