@@ -63,23 +63,38 @@ def joint_counts(features: jax.Array, labels: jax.Array, n_classes: int, bins: i
     return counts.reshape(n_pixels, bins, n_classes + 1)[:, :, :n_classes]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def mutual_information(features: np.ndarray | jax.Array, labels: np.ndarray | jax.Array, n_classes: int,
                        bins: int = 16, chunk: int = 4096) -> jax.Array:
-    """Mutual information (nats) between each column of ``features`` (uint8) and ``labels``."""
+    """Mutual information (nats) between each column of ``features`` (uint8) and ``labels`` (0..n_classes-1)."""
+    if not _is_int(n_classes) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if not _is_int(bins) or not 2 <= bins <= 256:
+        raise ValueError(f"bins must be an integer in 2..256, got {bins!r}")
+    if not _is_int(chunk) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    label_dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
     features = jnp.asarray(features)
     labels = jnp.asarray(labels)
     if features.ndim != 2:
         raise ValueError(f"features must be (N, P), got shape {features.shape}")
     if features.dtype != jnp.uint8:
         raise ValueError(f"features must be uint8 pixel values, got {features.dtype}")
+    if features.shape[0] == 0:
+        raise ValueError("features has no rows: mutual information needs at least one sample")
     if labels.shape != (features.shape[0],):
         raise ValueError(f"labels must be ({features.shape[0]},) to match features, got {labels.shape}")
-    if not 2 <= bins <= 256:
-        raise ValueError(f"bins must be in 2..256, got {bins}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    counts = joint_counts(features, labels.astype(jnp.int32), n_classes=n_classes, bins=bins,
-                          chunk=min(chunk, max(features.shape[0], 1)))
+    if not jnp.issubdtype(label_dtype, jnp.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {label_dtype}")
+    # A label outside 0..n_classes-1 would land in another pixel's or the padding's counts: refuse it.
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (n_classes={n_classes}), found {low}..{high}")
+    counts = joint_counts(features, labels.astype(jnp.int32), n_classes=int(n_classes), bins=int(bins),
+                          chunk=int(min(chunk, features.shape[0])))
     return mi_from_counts(counts)
 
 
