@@ -1,0 +1,195 @@
+"""One-command performance check on whatever accelerator JAX finds (GPU, TPU; CPU for a dry run).
+
+    python benchmarks/device_check.py                 # full scale: ~3-5 min on one H100
+    python benchmarks/device_check.py --scale tiny    # seconds, any machine: checks the script itself
+
+Installs nothing and downloads nothing: the data are the embedded default, tiled to ByClass's
+697,932 training rows (the study protocol trains on 467,614 of them per epoch). It times
+1. the CNN's execution variants (convolution form x scan/unroll x steps per call), each a short
+   official-protocol run: compile seconds and steady-epoch images/s;
+2. the default configuration (what ``TrainConfig().resolved()`` picks here) for the study's
+   10 epochs, wall clock with compilation and evaluation included (issue 12's goal: <= 15 s on
+   one H100);
+3. JAX mutual information over all 697,932 x 784 pixels, cold and warm;
+4. ``python -m emnist_jax.report --profile quick`` end to end;
+and writes ``reports/performance/<platform>-<device>.json`` and ``.md``.
+
+Nothing here is measured on the 2-core development machine at full scale: run it where a GPU is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata as md
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BYCLASS_TRAIN = 697_932
+
+#: (convolution, loop, steps per call): the variants issue 12's table compares.
+VARIANTS = [("xla", "unroll", 1), ("xla", "scan", 8), ("xla", "scan", 64), ("slices", "unroll", 8),
+            ("slices", "scan", 8), ("slices", "scan", 64), ("slices", "scan", 256)]
+SCALES = {
+    # rows of the variant runs, rows of the 10-epoch default run, epochs of that run
+    "full": dict(variant_rows=300_000, default_rows=BYCLASS_TRAIN, default_epochs=10, mi_rows=BYCLASS_TRAIN,
+                 profile="quick"),
+    "tiny": dict(variant_rows=2_048, default_rows=4_096, default_epochs=1, mi_rows=4_096, profile="smoke"),
+}
+#: At tiny scale on a CPU, XLA-convolution steps under a scan run at ~20 images/s (MEASUREMENTS.md):
+#: the dry run keeps one variant of each kind.
+TINY_VARIANTS = [("xla", "unroll", 1), ("slices", "unroll", 4), ("slices", "scan", 8)]
+
+
+def tiled(dataset, n_train: int, n_test: int | None = None):
+    """The dataset with its training part repeated to n_train rows (test part optionally cut)."""
+    test = slice(None) if n_test is None else slice(0, n_test)
+    return dataclasses.replace(dataset, train_images=np.resize(dataset.train_images, (n_train, 28, 28)),
+                               train_labels=np.resize(dataset.train_labels, n_train),
+                               test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])
+
+
+def time_variant(dataset, conv: str, loop: str, k: int, rows: int) -> dict:
+    from emnist_jax.cnn import TrainConfig, train_and_evaluate
+
+    config = TrainConfig(epochs=2, protocol="official", conv_impl=conv, loop=loop, steps_per_call=k)
+    started = time.perf_counter()
+    result = train_and_evaluate(tiled(dataset, rows, 1024), config, progress=False)
+    return {"conv_impl": conv, "loop": loop, "steps_per_call": k, "batch_size": config.batch_size, "rows": rows,
+            "compile_seconds": result.compile_seconds, "epoch1_seconds": result.history[0].seconds,
+            "images_per_second": result.history[-1].images_per_second,
+            "wall_seconds": time.perf_counter() - started}
+
+
+def time_default(dataset, rows: int, epochs: int) -> dict:
+    from emnist_jax.cnn import TrainConfig, train_and_evaluate
+
+    started = time.perf_counter()
+    result = train_and_evaluate(tiled(dataset, rows), TrainConfig(epochs=epochs), progress=False)
+    wall = time.perf_counter() - started
+    c = result.config
+    return {"config": {"conv_impl": c.conv_impl, "loop": c.loop, "steps_per_call": c.steps_per_call,
+                       "batch_size": c.batch_size, "epochs": c.epochs, "protocol": c.protocol},
+            "n_train": result.n_train, "wall_seconds": wall, "compile_seconds": result.compile_seconds,
+            "training_seconds": sum(h.seconds for h in result.history),
+            "evaluation_seconds": sum(e.seconds for e in result.evaluations.values()),
+            "epochs": [dataclasses.asdict(h) for h in result.history],
+            "holdout_accuracy": result.evaluations["holdout"].accuracy,
+            "test_accuracy": result.evaluations["test"].accuracy}
+
+
+def time_mi(dataset, rows: int) -> dict:
+    import jax
+
+    from emnist_jax.data import file_rows
+    from emnist_jax.features import mutual_information
+
+    X = file_rows(np.resize(dataset.train_images, (rows, 28, 28)))
+    y = np.resize(dataset.train_labels, rows)
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        jax.block_until_ready(mutual_information(X, y, dataset.n_classes))
+        seconds.append(time.perf_counter() - started)
+    return {"rows": rows, "pixels": X.shape[1], "cold_seconds": seconds[0], "warm_seconds": seconds[1]}
+
+
+def time_report(profile: str) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "emnist_jax.report", "--profile", profile, "--out", f"{folder}/report"]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        seconds = {}
+        if done.returncode == 0:
+            seconds = json.loads(Path(folder, "report", "metrics.json").read_text()).get("seconds", {})
+    return {"command": "python " + " ".join(command[1:5]), "exit_code": done.returncode, "wall_seconds": wall,
+            "stage_seconds": seconds, "stderr_tail": done.stderr[-500:] if done.returncode else ""}
+
+
+def environment() -> dict:
+    import jax
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind, "device_count": jax.device_count(),
+            "cpu_count": os.cpu_count(), "versions": versions,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def markdown(results: dict) -> str:
+    env, default = results["environment"], results["default"]
+    lines = [f"# Device check: {env['device_kind']} ({env['platform']} x {env['device_count']})", "",
+             f"`{results['command']}`, {env['date']}, JAX {env['versions']['jax']}, scale `{results['scale']}`.", "",
+             "## CNN execution variants (batch 64, official protocol, 2 epochs; steady = epoch 2)", "",
+             "| convolution | loop | steps per call | compile s | epoch 1 s | steady images/s |", "|---|---|---|---|---|---|"]
+    for v in results["variants"]:
+        lines.append(f"| {v['conv_impl']} | {v['loop']} | {v['steps_per_call']} | {v['compile_seconds']:.1f} | "
+                     f"{v['epoch1_seconds']:.2f} | {v['images_per_second']:,.0f} |")
+    c = default["config"]
+    lines += ["", f"## The default ({c['conv_impl']}, {c['loop']}, K={c['steps_per_call']}): "
+                  f"{c['epochs']} epochs, {c['protocol']} protocol, {default['n_train']:,} images per epoch", "",
+              f"Wall {default['wall_seconds']:.1f} s = compile {default['compile_seconds']:.1f} s + training "
+              f"{default['training_seconds']:.1f} s + evaluation {default['evaluation_seconds']:.1f} s (+ data "
+              f"placement); hold-out accuracy {default['holdout_accuracy']:.4f}, test {default['test_accuracy']:.4f} "
+              "(synthetic data, tiled).", "",
+              "| epoch | seconds | images/s |", "|---|---|---|"]
+    lines += [f"| {e['epoch']} | {e['seconds']:.2f} | {e['images_per_second']:,.0f} |" for e in default["epochs"]]
+    mi, report = results["mutual_information"], results["report"]
+    lines += ["", f"## Mutual information, {mi['rows']:,} x {mi['pixels']} pixels: cold {mi['cold_seconds']:.2f} s, "
+                  f"warm {mi['warm_seconds']:.3f} s", "",
+              f"## `{report['command']}`: exit {report['exit_code']}, {report['wall_seconds']:.1f} s", ""]
+    lines += [f"- {stage}: {seconds:.1f} s" for stage, seconds in report["stage_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", choices=list(SCALES), default="full",
+                        help="full: ByClass size (an accelerator); tiny: seconds, to check the script")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "performance"), help="folder for the JSON and Markdown")
+    args = parser.parse_args()
+    scale = SCALES[args.scale]
+
+    from emnist_jax.data import load
+
+    dataset = load("default")
+    results = {"command": "python benchmarks/device_check.py" + (f" --scale {args.scale}" if args.scale != "full" else ""),
+               "scale": args.scale, "environment": environment(), "variants": []}
+    for conv, loop, k in VARIANTS if args.scale == "full" else TINY_VARIANTS:
+        results["variants"].append(time_variant(dataset, conv, loop, k, scale["variant_rows"]))
+        print(json.dumps(results["variants"][-1]), flush=True)
+    results["default"] = time_default(dataset, scale["default_rows"], scale["default_epochs"])
+    print(f"default: {results['default']['wall_seconds']:.1f} s", flush=True)
+    results["mutual_information"] = time_mi(dataset, scale["mi_rows"])
+    results["report"] = time_report(scale["profile"])
+    env = results["environment"]
+    name = re.sub(r"[^A-Za-z0-9]+", "-", f"{env['platform']}-{env['device_kind']}").strip("-").lower()
+    if args.scale != "full":
+        name += f"-{args.scale}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(results, indent=1)), (".md", markdown(results))):
+        tmp = out / f".{name}{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / f"{name}{suffix}")
+    print(f"wrote {out / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
