@@ -59,7 +59,7 @@ def tiled(dataset, n_train: int, n_test: int | None = None):
                                test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])
 
 
-def time_variant(dataset, conv: str, loop: str, k: int, rows: int) -> dict:
+def measure_variant(dataset, conv: str, loop: str, k: int, rows: int) -> dict:
     from emnist_jax.cnn import TrainConfig, train_and_evaluate
 
     config = TrainConfig(epochs=2, protocol="official", conv_impl=conv, loop=loop, steps_per_call=k)
@@ -71,7 +71,7 @@ def time_variant(dataset, conv: str, loop: str, k: int, rows: int) -> dict:
             "wall_seconds": time.perf_counter() - started}
 
 
-def time_default(dataset, rows: int, epochs: int) -> dict:
+def measure_default(dataset, rows: int, epochs: int) -> dict:
     from emnist_jax.cnn import TrainConfig, train_and_evaluate
 
     started = time.perf_counter()
@@ -88,7 +88,7 @@ def time_default(dataset, rows: int, epochs: int) -> dict:
             "test_accuracy": result.evaluations["test"].accuracy}
 
 
-def time_mi(dataset, rows: int) -> dict:
+def measure_mi(dataset, rows: int) -> dict:
     import jax
 
     from emnist_jax.data import file_rows
@@ -104,7 +104,7 @@ def time_mi(dataset, rows: int) -> dict:
     return {"rows": rows, "pixels": X.shape[1], "cold_seconds": seconds[0], "warm_seconds": seconds[1]}
 
 
-def time_report(profile: str) -> dict:
+def measure_report(profile: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "emnist_jax.report", "--profile", profile, "--out", f"{folder}/report"]
         started = time.perf_counter()
@@ -172,12 +172,12 @@ def main() -> None:
     results = {"command": "python benchmarks/device_check.py" + (f" --scale {args.scale}" if args.scale != "full" else ""),
                "scale": args.scale, "environment": environment(), "variants": []}
     for conv, loop, k in VARIANTS if args.scale == "full" else TINY_VARIANTS:
-        results["variants"].append(time_variant(dataset, conv, loop, k, scale["variant_rows"]))
+        results["variants"].append(measure_variant(dataset, conv, loop, k, scale["variant_rows"]))
         print(json.dumps(results["variants"][-1]), flush=True)
-    results["default"] = time_default(dataset, scale["default_rows"], scale["default_epochs"])
+    results["default"] = measure_default(dataset, scale["default_rows"], scale["default_epochs"])
     print(f"default: {results['default']['wall_seconds']:.1f} s", flush=True)
-    results["mutual_information"] = time_mi(dataset, scale["mi_rows"])
-    results["report"] = time_report(scale["profile"])
+    results["mutual_information"] = measure_mi(dataset, scale["mi_rows"])
+    results["report"] = measure_report(scale["profile"])
     env = results["environment"]
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{env['platform']}-{env['device_kind']}").strip("-").lower()
     if args.scale != "full":
