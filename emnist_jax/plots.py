@@ -210,7 +210,7 @@ def confusion(confusion_matrix: np.ndarray, classes: tuple[str, ...], subtitle: 
     rows = confusion_matrix.sum(axis=1, keepdims=True)
     share = np.divide(confusion_matrix, rows, out=np.zeros(confusion_matrix.shape), where=rows > 0)
     n = len(classes)
-    size = max(5.0, 0.16 * n + 2.5)
+    size = max(5.0, 0.13 * n + 2.0)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     image = ax.imshow(np.where(share > 0, share, np.nan), cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1))
     ax.set_xticks(range(n), classes, fontsize=7 if n > 30 else 9, family="monospace")
@@ -229,24 +229,35 @@ def confusion(confusion_matrix: np.ndarray, classes: tuple[str, ...], subtitle: 
 
 def confused_examples(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
                       pairs: list[tuple[str, str, int]], classes: tuple[str, ...], per_pair: int = 5) -> plt.Figure:
-    """For each most-confused pair, a few test images of the true class predicted as the other."""
+    """For each most-confused pair: test images of the true class that were predicted as the
+    other, and beside them one correctly classified image of the class they were taken for.
+
+    Drawn as one montage image with text labels (dozens of separate panels were slow to save).
+    """
     index = {c: i for i, c in enumerate(classes)}
     pairs = pairs[:8]
-    fig, axes = plt.subplots(max(len(pairs), 1), per_pair, figsize=(1.3 * per_pair + 1.6, 1.35 * max(len(pairs), 1)),
-                             squeeze=False)
+    side, gap, space = images.shape[1], 2, 12   # pixels: between images; before the reference column
+    rows = max(len(pairs), 1)
+    width = (per_pair + 1) * (side + gap) + space
+    canvas = np.full((rows * (side + gap), width), 255, np.uint8)
+    fig, ax = plt.subplots(figsize=(0.62 * (per_pair + 1) + 2.4, 0.62 * rows + 0.9))
     for row, (true, predicted, count) in enumerate(pairs):
+        top = row * (side + gap)
         hits = np.flatnonzero((labels == index[true]) & (predictions == index[predicted]))[:per_pair]
         for col in range(per_pair):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(hits):
-                ax.imshow(images[hits[col]], cmap="gray", vmin=0, vmax=255)
-            else:
-                ax.axis("off")
-        axes[row, 0].set_ylabel(f"'{true}' -> '{predicted}'\n{count} times", fontsize=9, rotation=0, ha="right",
-                                va="center", labelpad=8)
-    fig.suptitle("Most confused pairs: test images of the true class predicted as the other", fontsize=10)
+            tile = images[hits[col]] if col < len(hits) else np.full((side, side), 235, np.uint8)
+            canvas[top:top + side, col * (side + gap): col * (side + gap) + side] = tile
+        right = np.flatnonzero((labels == index[predicted]) & (predictions == index[predicted]))
+        left = per_pair * (side + gap) + space
+        canvas[top:top + side, left:left + side] = images[right[0]] if len(right) else 235
+        ax.text(-4, top + side / 2, f"'{true}' as '{predicted}'  ({count:,}x)", ha="right", va="center", fontsize=8)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.text(per_pair * (side + gap) / 2, -3, "test images of the true class, predicted as the other", ha="center",
+            va="bottom", fontsize=8)
+    ax.text(per_pair * (side + gap) + space + side / 2, -3, "what they\nwere taken for", ha="center", va="bottom",
+            fontsize=7, color="#555")
+    ax.axis("off")
+    ax.set_title("Most confused pairs on the test set", fontsize=10, pad=26)
     fig.tight_layout()
     return fig
 

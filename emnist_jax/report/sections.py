@@ -153,14 +153,17 @@ def cnn(result: StageResult, inputs: Inputs, folder: Path) -> dict:
     holdout = (f" Hold-out ({c['holdout_fraction']:.0%} of the rows, as the study; {m['holdout_n']:,} images): "
                f"accuracy {m['holdout_accuracy']:.4f}, loss {m['holdout_loss']:.4f}."
                if m.get("holdout_accuracy") is not None else "")
+    cnn_data = inputs.cnn_dataset()  # the rows the CNN saw (a profile may take the first N)
     rows_used = (f"the first {m['n_train_file_rows']:,} rows of the train file"
                  if m["n_train_file_rows"] < len(d.train_labels) else "the train file")
+    test_rows = (f"the first {m['test']['n']:,} images of the test file" if m["test"]["n"] < len(d.test_labels)
+                 else f"{m['test']['n']:,} images")
     text = [f"The study's architecture ({m['n_params']:,} parameters), Adam (lr {c['learning_rate']}, eps {c['eps']}), "
             f"batch {c['batch_size']}, {c['epochs']} epoch(s), protocol '{c['protocol']}' on {rows_used} "
             f"({m['n_train']:,} training images); {m['backend']} x {m['devices']} device(s), convolution "
             f"'{c['conv_impl']}', {c['steps_per_call']} step(s) per jitted call.",
-            f"Official test set: accuracy {m['test_accuracy']:.4f}, loss {m['test_loss']:.4f} ({m['test']['n']:,} "
-            f"images, {m['eval_seconds']:.1f} s).{holdout}"]
+            f"Official test set: accuracy {m['test_accuracy']:.4f}, loss {m['test_loss']:.4f} ({test_rows}, "
+            f"{m['eval_seconds']:.1f} s).{holdout}"]
     text.append(f"Compiling the training program took {m['compile_seconds']:.1f} s before the first step; the "
                 "epoch times and images/s below are training only." if m["compile_seconds"] > 0 else
                 "The training program was already compiled in this process; the epoch times are training only.")
@@ -171,8 +174,10 @@ def cnn(result: StageResult, inputs: Inputs, folder: Path) -> dict:
     figures.add(plots.confusion(np.asarray(m["confusion"]), d.classes, _label(inputs)), "confusion.png",
                 "Confusion matrix on the official test set, rows normalised, log colour scale.")
     pairs = [(p["true"], p["predicted"], p["count"]) for p in m["test"]["confused_pairs"]]
-    figures.add(plots.confused_examples(d.test_images, d.test_labels, result.arrays["test_predictions"], pairs,
-                                        d.classes), "confused_pairs.png", "The most confused pairs, with test images.")
+    figures.add(plots.confused_examples(cnn_data.test_images, cnn_data.test_labels, result.arrays["test_predictions"],
+                                        pairs, d.classes), "confused_pairs.png",
+                "The most confused pairs: test images of the true class that were predicted as the other, and "
+                "a correctly classified image of the class they were taken for.")
     return _section("Convolutional network (Flax, Optax Adam)", text, [
         table(["epoch", "train loss", "train accuracy", "seconds", "images/s"], rows,
               caption="Training per epoch: means over the epoch's batches, wall-clock time and throughput."),

@@ -44,12 +44,14 @@ class Inputs:
         return file_rows(self.dataset.train_images[:n]), self.dataset.train_labels[:n]
 
     def cnn_dataset(self) -> Dataset:
-        """The data the CNN trains on: the first ``cnn_train_images`` rows of the train file, if set."""
-        n = self.profile.cnn_train_images
-        if n is None or n >= len(self.dataset.train_labels):
-            return self.dataset
-        return dataclasses.replace(self.dataset, train_images=self.dataset.train_images[:n],
-                                   train_labels=self.dataset.train_labels[:n])
+        """The data the CNN sees: the first ``cnn_train_images`` / ``cnn_test_images`` rows, where set."""
+        d, p = self.dataset, self.profile
+        n_train = min(p.cnn_train_images or len(d.train_labels), len(d.train_labels))
+        n_test = min(p.cnn_test_images or len(d.test_labels), len(d.test_labels))
+        if (n_train, n_test) == (len(d.train_labels), len(d.test_labels)):
+            return d
+        return dataclasses.replace(d, train_images=d.train_images[:n_train], train_labels=d.train_labels[:n_train],
+                                   test_images=d.test_images[:n_test], test_labels=d.test_labels[:n_test])
 
 
 def bar(total: int, desc: str):
@@ -89,10 +91,12 @@ def describe(stage: str, inputs: Inputs) -> str:
         return (f"3 fits on standardised PCA scores of {train:,} rows: the study's gradient ascent "
                 f"({p.gd_iterations:,} iterations), JAX Newton, sklearn")
     if stage == "cnn":
-        n = min(p.cnn_train_images or len(d.train_labels), len(d.train_labels))
-        rows = f"the first {n:,}" if n < len(d.train_labels) else f"all {n:,}"
-        return (f"{p.cnn.epochs} epoch(s) of batch {p.cnn.batch_size} on {rows} train-file images "
-                f"(protocol {p.cnn.protocol}), then evaluation on {len(d.test_labels):,} test images")
+        cnn = inputs.cnn_dataset()
+        train = "all" if len(cnn.train_labels) == len(d.train_labels) else "the first"
+        test = "all" if len(cnn.test_labels) == len(d.test_labels) else "the first"
+        return (f"{p.cnn.epochs} epoch(s) of batch {p.cnn.batch_size} on {train} {len(cnn.train_labels):,} "
+                f"train-file images (protocol {p.cnn.protocol}), then evaluation on {test} "
+                f"{len(cnn.test_labels):,} test images")
     raise KeyError(stage)
 
 

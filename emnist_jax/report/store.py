@@ -137,7 +137,8 @@ class Store:
         if resume and stored is None:
             log("--resume: no stored results for this --out; starting fresh")
         elif resume and stored != key:
-            found = sorted(differences(stored, key), key=lambda d: (d.split()[0].count("."), d))  # names first
+            found = sorted(differences(stored, key),  # the profile's name first, then the shallowest fields
+                           key=lambda d: (not d.startswith("profile.name "), d.split()[0].count("."), d))
             raise StateError("--resume: the stored results were made with different inputs ("
                              + "; ".join(found[:3]) + (f"; {len(found) - 3} more" if len(found) > 3 else "")
                              + "); rerun without --resume to start fresh")
