@@ -53,7 +53,8 @@ def distributed_settings(environ: dict | None = None) -> tuple[str, int, int] | 
         return None
     missing = [name for name in ENVIRONMENT[1:] if not env.get(name)]
     if missing:
-        raise DeviceError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} is not; "
+        raise DeviceError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not; "
                           "a multi-process run needs all of " + ", ".join(ENVIRONMENT))
     try:
         count, index = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])

@@ -82,18 +82,25 @@ def _sigterm_as_interrupt(signum, frame) -> None:
 
 
 def interrupted_line(stop, argv: list[str], workdir: str | None) -> str:
-    """The one line after an interrupt: where the run stopped and how to continue it."""
-    where = f"interrupted{' during evaluation' if stop.during == 'evaluation' else ''} at epoch {stop.epoch}, " \
-            f"step {stop.step}"
+    """The one line after an interrupt: where the run stopped (``stop``: a TrainingInterrupted, or
+    None before training started) and how to continue it."""
+    if stop is None:
+        where = "interrupted before training started"
+    else:
+        where = f"interrupted{' during evaluation' if stop.during == 'evaluation' else ''} at epoch {stop.epoch}, " \
+                f"step {stop.step}{'' if stop.checkpoint or not workdir else ' (nothing to save yet)'}"
     if not workdir:
         return f"{where}; nothing saved (no --workdir)"
     command = ["python", "-m", "emnist_jax.cnn", *argv] + ([] if "--resume" in argv else ["--resume"])
-    return f"{where}{'' if stop.checkpoint else ' (nothing to save yet)'}; resume with: {shlex.join(command)}"
+    return f"{where}; resume with: {shlex.join(command)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or argparse's own usage error (2)
+        return int(done.code or 0)
     if args.resume and not args.workdir:
         return _fail("--resume needs --workdir (the folder holding the checkpoints)")
     try:
@@ -109,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         from emnist_jax.cnn.interrupts import TrainingInterrupted
 
-        if isinstance(stop, TrainingInterrupted):
-            print(interrupted_line(stop, argv, args.workdir), file=sys.stderr)
-        else:
-            print("interrupted before training started; nothing saved", file=sys.stderr)
+        print(interrupted_line(stop if isinstance(stop, TrainingInterrupted) else None, argv, args.workdir),
+              file=sys.stderr)
         return 130
     finally:
         if threading.current_thread() is threading.main_thread():

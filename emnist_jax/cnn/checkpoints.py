@@ -55,6 +55,8 @@ def run_identity(config: TrainConfig, n_classes: int, n_train: int, fingerprint:
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
     return line if len(line) <= limit else line[:limit] + "..."

@@ -28,7 +28,6 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from sklearn.model_selection import train_test_split
 
 from emnist_jax.cnn.checkpoints import CheckpointError, Checkpoints, data_fingerprint, run_identity
 from emnist_jax.cnn.config import EXECUTION_FIELDS, TrainConfig
@@ -280,11 +279,19 @@ def _check(dataset: Dataset, config: TrainConfig, mesh: Mesh) -> None:
 
 
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, holdout) of the train file: the study's seeded 67/33, or all/none."""
-    rows = np.arange(len(dataset.train_labels))
+    """Row indices (train, holdout) of the train file: the study's seeded 67/33, or all/none.
+
+    The study's split is ``sklearn.model_selection.train_test_split(rows, test_size=0.33,
+    random_state=seed)``; this computes the same rows the way it does (a ``RandomState(seed)``
+    permutation, the first ceil(0.33 n) held out) without importing scikit-learn (2 s).
+    """
+    n = len(dataset.train_labels)
+    rows = np.arange(n)
     if config.protocol == "official":
         return rows, rows[:0]
-    return train_test_split(rows, test_size=config.holdout_fraction, random_state=config.seed)
+    n_test = math.ceil(config.holdout_fraction * n)
+    permutation = np.random.RandomState(config.seed).permutation(n)
+    return rows[permutation[n_test:]], rows[permutation[:n_test]]
 
 
 def _any_process(flag: bool) -> bool:
