@@ -139,11 +139,14 @@ def _run(options: Options) -> int:
                         on_epoch=lambda e: log(f"cnn {e}"))
         kind = "SYNTHETIC embedded default" if dataset.synthetic else "EMNIST"
         log(f"{kind} {dataset.split}: {len(dataset.train_labels):,} train, {len(dataset.test_labels):,} test; "
-            f"profile {profile.name}, seed {profile.classic.seed}; writing {target}")
+            f"profile {profile.name}, seed {profile.classic.seed}; "
+            + (f"writing {target}" if writer else f"process {jax.process_index()} of {jax.process_count()}: "
+               "joins the CNN; process 0 runs the rest and writes the report"))
         status, seconds, sections, metrics, resumed = {}, {}, {}, {}, []
         for stage in STAGE_NAMES:
-            if stage not in options.only or (not writer and stage not in COLLECTIVE_STAGES):
-                status[stage] = "skipped"
+            if stage not in options.only or (not writer and (
+                    stage not in COLLECTIVE_STAGES or options.resume and store.Store.finished(state_folder, key, stage))):
+                status[stage] = "skipped"  # (other processes join only what process 0 computes together with them)
                 continue
             current = stage
             started = time.perf_counter()

@@ -165,6 +165,15 @@ class Store:
             else:
                 entry.unlink()
 
+    @staticmethod
+    def finished(folder: Path, key: dict, stage: str) -> bool:
+        """Whether ``stage`` is stored under ``key`` in ``folder``, read without touching anything (the
+        other processes of a multi-process run use it to skip what process 0 will reuse)."""
+        try:
+            return json.loads((folder / "key.json").read_text()) == key and (folder / f"{stage}.json").is_file()
+        except (OSError, ValueError):
+            return False
+
     @property
     def cnn_workdir(self) -> Path:
         return self.folder / "cnn"
