@@ -184,6 +184,9 @@ CASES = [
     Case("sigterm-in-a-stage", ("--out", OUT, "--only", "data,mi"), 130,
          "interrupted during stage mi; rerun with --resume to continue", allowed_new=(STATE,), how="SIGTERM",
          check=state_files("data.json")),
+    Case("sigterm-while-the-report-is-swapped-in", ("--out", OUT, "--only", "data"), 130,
+         "interrupted while writing; the report is complete in", allowed_new=(OUT,), how="SIGTERM-in-commit",
+         check=report_made),
     Case("sigkill-then-rerun", ("--out", OUT, "--only", "data"), 0, "left by an earlier run", allowed_new=(OUT,),
          how="SIGKILL", check=report_made),
     # hidden folders of earlier runs
@@ -271,6 +274,15 @@ def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tu
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert list(work.glob(f".{OUT}.tmp-*")) and not (work / OUT).exists()  # what a SIGKILL leaves ...
         return in_process(argv, capsys)                                       # ... the next run removes
+    if case.how == "SIGTERM-in-commit":
+        commit = output.Staging.commit
+
+        def interrupted_commit(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # held until the swap is done
+            commit(self)
+
+        monkeypatch.setattr(output.Staging, "commit", interrupted_commit)
+        return in_process(argv, capsys)
     if case.how in ("SIGINT", "SIGTERM"):
         monkeypatch.setitem(stages.STAGES, "mi", signal_in_mi(getattr(signal, case.how)))
         return in_process(argv, capsys)

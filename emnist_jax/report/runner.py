@@ -77,18 +77,16 @@ def _terminate_as_interrupt():
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT/SIGTERM while the finished report is swapped in; act on them afterwards."""
-    pending = []
+    """Hold SIGINT/SIGTERM while the finished report is swapped in; yields the list of those received."""
+    pending: list[int] = []
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
-        yield
+        yield pending
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if pending:
-            raise KeyboardInterrupt
 
 
 def _failed(stage: str, error: Exception, status: dict, staging) -> None:
@@ -204,9 +202,12 @@ def _run(options: Options) -> int:
             "profile": profile.name, "split": d.split, "synthetic": d.synthetic,
             "sections": [dict(sections[s], id=s, status=status[s]) for s in STAGE_NAMES if s in sections]
             + failed_sections, "comparison": comparison(metrics)})
-        with _signals_deferred():
+        with _signals_deferred() as pending:
             staging.commit()
             state.remove()
+        if pending:
+            print(f"interrupted while writing; the report is complete in {target}", file=sys.stderr, flush=True)
+            return 130
     except KeyboardInterrupt as interrupt:
         where = f"stage {current}" if current in STAGE_NAMES else current
         if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
