@@ -147,6 +147,10 @@ class Store:
             log(f"--resume: reusing {', '.join(finished) or 'no finished stages'}"
                 + ("; the CNN continues from its checkpoint" if (folder / "cnn").is_dir() else ""))
         if not resume or stored is None:
+            finished = sorted(p.stem for p in folder.glob("*.json") if p.name != "key.json")
+            if finished:
+                log(f"starting fresh: discarding the stored results of an interrupted earlier run "
+                    f"({', '.join(finished)}); --resume would have continued it")
             self._clear()
             _write_bytes_atomic(folder / "key.json", json.dumps(key, indent=1).encode())
 
