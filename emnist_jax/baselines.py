@@ -16,21 +16,20 @@ Defects of the study fixed openly: every split and forest takes a seed; one spli
 once and shared by every k and n (the study re-drew both per point, mixing feature effects with
 split noise); labels are flat. Pixels are in the files' (transposed) order, as in the study.
 
-Cost at ByClass size (35,000 training rows, 62 classes): one fully grown forest of 100 trees
-holds ~1.5 GB of node arrays, so forests are scored and freed one at a time (:func:`forest_accuracy`).
+Memory at ByClass size (35,000 training rows, 62 classes): one fully grown forest of 100 trees
+holds ~1.3 GB of node arrays, so forests are grown, scored and dropped 10 trees at a time
+(:func:`forest_accuracy`), with results identical to one ordinary fit.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import numbers
 import time
 import warnings
 from typing import Callable
 
-import jax
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
@@ -40,8 +39,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from emnist_jax import logreg
-from emnist_jax.features import PCA_SOLVER, file_to_upright, mutual_information, rank_pixels, standardized_pca
+# JAX (emnist_jax.features, emnist_jax.logreg) is imported where it is used: the process that runs
+# the PCA sweep's sklearn logistic regressions imports this module and needs only scikit-learn.
 
 #: the study's logistic regression ran on 29 PCA components (its PCA loop's largest n)
 LOGREG_PCA_COMPONENTS = 29
@@ -108,6 +107,8 @@ def study_split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int):
 
 def _timed(function: Callable):
     """(value, seconds) of one call, waiting for JAX's asynchronous results."""
+    import jax
+
     start = time.perf_counter()
     value = jax.block_until_ready(function())
     return value, time.perf_counter() - start
@@ -131,8 +132,17 @@ def train_only_ranking(X: np.ndarray, y: np.ndarray, n_classes: int, test_size: 
 
     The study ranked on all rows it then tested on (leakage); the RandomForest sweep uses this.
     """
+    from emnist_jax.features import mutual_information
+
     X_train, _, y_train, _ = study_split(X, np.ravel(y), test_size, seed)
     return rank_pixels(np.asarray(mutual_information(X_train, y_train, n_classes, bins=bins)))
+
+
+def rank_pixels(mi: np.ndarray) -> np.ndarray:
+    """:func:`emnist_jax.features.rank_pixels` (imported on use: it lives beside the JAX MI)."""
+    from emnist_jax.features import rank_pixels as rank
+
+    return rank(mi)
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -184,6 +194,8 @@ class MIStudy:
         return f"JAX, {self.bins}-bin plug-in estimator"
 
     def to_json(self) -> dict:
+        from emnist_jax.features import file_to_upright
+
         top = self.ranking[:TOP_PIXELS]
         result = {"n_rows": self.n_rows, "pixel_order": PIXEL_ORDER, "bins": self.bins,
                   "jax_seconds": self.jax_seconds, **_summary(self.values),
@@ -197,6 +209,8 @@ class MIStudy:
 def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig, seed: int) -> MIStudy:
     """MI of every pixel with the label: JAX (timed, compilation included) and sklearn per ``config.sklearn_mi``."""
     from scipy.stats import spearmanr
+
+    from emnist_jax.features import mutual_information
 
     ours, seconds = _timed(lambda: mutual_information(X, y, n_classes, bins=config.mi_bins))
     ours = np.asarray(ours)
@@ -212,18 +226,52 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
 
 # ---- RandomForest on the top-k pixels -------------------------------------------------------------
 
-def forest_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                    n_estimators: int, seed: int, n_jobs: int | None) -> float:
-    """Test accuracy of one seeded RandomForest, which is freed before returning.
+#: trees grown and scored at a time: one forest of 100 fully grown trees on 35,000 rows x 62
+#: classes holds ~1.3 GB of node arrays (2.35 M nodes, each with 62 float64 class fractions);
+#: 10 at a time hold ~130 MB
+FOREST_CHUNK = 10
 
-    At ByClass size a forest of 100 fully grown trees is ~1.5 GB (each node keeps 62 class
-    fractions in float64): never let two exist at once.
+
+def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
+                         seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, test probabilities) of ``RandomForestClassifier(n_estimators, random_state=seed)``, ``chunk`` trees at a time.
+
+    The trees are grown with scikit-learn's own ``warm_start``, which draws the seeds of the
+    trees already grown before seeding new ones, so tree i is the tree i of one ordinary fit;
+    each chunk's probabilities are added in tree order, as ``predict_proba`` adds them with
+    ``n_jobs=1``, and the chunk's trees are dropped. The result is the forest's, bit for bit
+    (tests/test_baselines.py); the memory held is ``chunk / n_estimators`` of the forest's.
     """
-    forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
-    accuracy = float(forest.fit(X_train, y_train).score(X_test, y_test))
-    del forest
-    gc.collect()  # the trees hold reference cycles through their parent estimator; return the memory now
-    return accuracy
+    from concurrent.futures import ThreadPoolExecutor
+
+    from joblib import effective_n_jobs
+
+    forest = RandomForestClassifier(n_estimators=min(chunk, n_estimators), random_state=seed, n_jobs=n_jobs,
+                                    warm_start=True)
+    X_test = np.ascontiguousarray(X_test, dtype=np.float32)  # what the forest hands its trees
+    proba = None
+    grown = 0
+    with ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:  # trees predict without the GIL
+        while grown < n_estimators:
+            forest.set_params(n_estimators=min(grown + chunk, n_estimators))
+            forest.fit(X_train, y_train)
+            if proba is None:
+                proba = np.zeros((len(X_test), len(forest.classes_)), np.float64)
+            for tree_proba in pool.map(lambda tree: tree.predict_proba(X_test, check_input=False),
+                                       forest.estimators_[grown:]):
+                proba += tree_proba
+            # Keep the count (warm_start skips that many seeds); drop the trees.
+            forest.estimators_[grown:] = [None] * (forest.n_estimators - grown)
+            grown = forest.n_estimators
+    proba /= n_estimators
+    return forest.classes_, proba
+
+
+def forest_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
+                    n_estimators: int, seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK) -> float:
+    """Test accuracy of one seeded RandomForest, as ``forest.score``, holding ``chunk`` trees at a time."""
+    classes, proba = forest_predict_proba(X_train, y_train, X_test, n_estimators, seed, n_jobs, chunk)
+    return float(np.mean(classes.take(np.argmax(proba, axis=1)) == np.asarray(y_test)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,16 +359,43 @@ def leading_components(pca: PCA, n: int) -> PCA:
     return cut
 
 
+def study_logreg_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
+                          max_iter: int) -> tuple[float, bool]:
+    """(test accuracy, converged) of sklearn ``LogisticRegression(max_iter)`` on unscaled PCA scores, as the study.
+
+    ``converged`` is False when lbfgs warned (the study saw 6 of 29). One BLAS thread: the
+    coefficients depend on the BLAS thread count in their last bits, so this makes the result
+    the same on every machine, and leaves the other cores to the forests.
+    """
+    from emnist_jax.features import one_blas_thread
+
+    with one_blas_thread(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model = LogisticRegression(max_iter=max_iter).fit(train, y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return float(model.score(test, y_test)), converged
+
+
 def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3, seed: int = 0,
               rf_trees: int = 100, logreg_max_iter: int = 10_000, n_jobs: int | None = -1,
-              progress: Progress = None, svd_solver: str = PCA_SOLVER) -> PCASweepResult:
+              progress: Progress = None, svd_solver: str | None = None) -> PCASweepResult:
     """For each n: the first n PCA components of the train part, then three classifiers scored on the test part.
 
     PCA is fitted once, at the largest n; PCA(n) is its leading n components
     (:func:`leading_components`). That is exact for sklearn's deterministic solvers
-    ("covariance_eigh", "full"), which is why the solver is fixed here and recorded in the result
-    (tests/test_baselines.py checks nested against per-n fits, bit for bit).
+    ("covariance_eigh", "full"), which is why the solver is fixed here (default
+    ``emnist_jax.features.PCA_SOLVER``) and recorded in the result (tests/test_baselines.py checks
+    nested against per-n fits, bit for bit).
+
+    With more than one job the sklearn logistic regressions (one core each) run in worker
+    processes while the forests (``n_jobs`` threads) and the JAX fits run here; the results are
+    the same as with ``n_jobs=1``. ``progress(n)`` is called once per finished n, in order.
     """
+    from joblib import effective_n_jobs
+
+    from emnist_jax import features, logreg
+
+    svd_solver = features.PCA_SOLVER if svd_solver is None else svd_solver
     if svd_solver not in ("covariance_eigh", "full"):
         raise ValueError(f"svd_solver must be 'covariance_eigh' or 'full' (nested components are exact only "
                          f"for deterministic solvers), got {svd_solver!r}")
@@ -330,23 +405,45 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     X_train, X_test, y_train, y_test = study_split(X.astype(np.float32), np.ravel(y), test_size, seed)
     _check_range(n_components, min(X_train.shape), "n_components")
     classes, y_index = np.unique(y_train, return_inverse=True)
-    pca = PCA(n_components=max(n_components), svd_solver=svd_solver, random_state=seed).fit(X_train)
+    with features.one_blas_thread():
+        pca = PCA(n_components=max(n_components), svd_solver=svd_solver, random_state=seed).fit(X_train)
+        scores = {}
+        for n in n_components:
+            leading = leading_components(pca, n)
+            scores[n] = leading.transform(X_train), leading.transform(X_test)
+    del X_train, X_test
+    # Logistic regressions: worker processes when cores allow (each keeps its own warnings and
+    # one BLAS thread; threads would mix warnings, which Python records process-wide).
+    workers = min(4, len(n_components), effective_n_jobs(n_jobs) // 2)
+    executor = None
+    if workers >= 1:
+        from joblib.externals.loky import get_reusable_executor
+
+        executor = get_reusable_executor(max_workers=workers, timeout=60)
+        pending = {n: executor.submit(study_logreg_accuracy, scores[n][0], y_train, scores[n][1], y_test,
+                                      logreg_max_iter) for n in n_components}
     rows = {"logreg": [], "converged": [], "rf": [], "jax": []}
-    for n in n_components:
-        leading = leading_components(pca, n)
-        train, test = leading.transform(X_train), leading.transform(X_test)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model = LogisticRegression(max_iter=logreg_max_iter).fit(train, y_train)
-        rows["converged"].append(not any(issubclass(w.category, ConvergenceWarning) for w in caught))
-        rows["logreg"].append(float(model.score(test, y_test)))
-        rows["rf"].append(forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs))
-        scaler = StandardScaler().fit(train)
-        params = logreg.ovr_fit(scaler.transform(train), y_index, len(classes))
-        predicted = classes[np.asarray(logreg.ovr_predict(params, scaler.transform(test).astype(np.float32)))]
-        rows["jax"].append(float((predicted == y_test).mean()))
-        if progress:
-            progress(n)
+    try:
+        for n in n_components:
+            train, test = scores[n]
+            rows["rf"].append(forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs))
+            scaler = StandardScaler().fit(train)
+            params = logreg.ovr_fit(scaler.transform(train), y_index, len(classes))
+            predicted = classes[np.asarray(logreg.ovr_predict(params, scaler.transform(test).astype(np.float32)))]
+            rows["jax"].append(float((predicted == y_test).mean()))
+            if executor is None:
+                accuracy, converged = study_logreg_accuracy(train, y_train, test, y_test, logreg_max_iter)
+            else:
+                accuracy, converged = pending[n].result()
+            rows["logreg"].append(accuracy)
+            rows["converged"].append(converged)
+            if progress:
+                progress(n)
+    except BaseException:
+        if executor is not None:  # an error or Ctrl-C: do not wait for the queued regressions
+            for future in pending.values():
+                future.cancel()
+        raise
     return PCASweepResult(np.asarray(n_components), np.asarray(rows["logreg"]), np.asarray(rows["converged"]),
                           np.asarray(rows["rf"]), np.asarray(rows["jax"]), len(y_train), len(y_test),
                           logreg_max_iter, svd_solver)
@@ -391,13 +488,16 @@ class LogregStudy:
 def logreg_study(X: np.ndarray, y: np.ndarray, config: ClassicConfig, gd_iterations: int, seed: int,
                  n_components: int = LOGREG_PCA_COMPONENTS, alpha: float = STUDY_GD_ALPHA) -> LogregStudy:
     """The study's gradient ascent (``alpha``, ``gd_iterations``), JAX Newton OvR and sklearn, on PCA scores."""
+    from emnist_jax import logreg
+    from emnist_jax.features import standardized_pca
+
     X_train, X_test, y_train, y_test = study_split(np.asarray(X, np.float32), np.ravel(y), config.test_size, seed)
     n = min(n_components, X_train.shape[0] - 1, X_train.shape[1])
     train, test = standardized_pca(X_train, X_test, n, seed)
     del X_train, X_test
     classes, index = np.unique(y_train, return_inverse=True)
 
-    def accuracy(params: logreg.OvRParams) -> float:
+    def accuracy(params) -> float:
         return float((classes[np.asarray(logreg.ovr_predict(params, test))] == y_test).mean())
 
     newton, t_newton = _timed(lambda: logreg.ovr_fit(train, index, len(classes)))

@@ -98,6 +98,19 @@ def mutual_information(features: np.ndarray | jax.Array, labels: np.ndarray | ja
     return mi_from_counts(counts)
 
 
+def one_blas_thread():
+    """Context: numpy/scipy BLAS and LAPACK on one thread.
+
+    The studies' linear algebra (PCA's 784 x 784 eigendecomposition, lbfgs on <= 29 features)
+    is small; on the 2-core machine shared with other work, OpenBLAS's second thread made a
+    784 x 784 ``eigh`` 4-17x slower (0.8-3.5 s against 0.2 s), and the thread count changes the
+    last bits of the results: one thread gives the same bits on any core count.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 #: sklearn PCA solver of every PCA here: deterministic, so PCA(n) is exactly the leading n
 #: components of PCA(m > n) (sklearn's "auto" picks the randomized solver at the study's sizes),
 #: and one eigendecomposition of the 784 x 784 covariance is fast for many more rows than pixels.
@@ -118,8 +131,9 @@ def standardized_pca(X_train: np.ndarray, X_test: np.ndarray, n_components: int,
     if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) \
             or not 1 <= n_components <= upper:
         raise ValueError(f"n_components must be an integer in 1..{upper}, got {n_components!r}")
-    pca = PCA(int(n_components), svd_solver=svd_solver, random_state=seed).fit(X_train)
-    train, test = pca.transform(X_train), pca.transform(X_test)
+    with one_blas_thread():
+        pca = PCA(int(n_components), svd_solver=svd_solver, random_state=seed).fit(X_train)
+        train, test = pca.transform(X_train), pca.transform(X_test)
     scaler = StandardScaler().fit(train)
     return scaler.transform(train).astype(np.float32), scaler.transform(test).astype(np.float32)
 

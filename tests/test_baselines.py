@@ -2,11 +2,12 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import mutual_info_classif
 
 from emnist_jax import baselines
 from emnist_jax.data import file_rows
-from emnist_jax.features import mutual_information, rank_pixels
+from emnist_jax.features import mutual_information, one_blas_thread, rank_pixels
 
 # The README's "metrics.json keys" table: the result objects must write exactly these.
 MI_KEYS = {"n_rows", "pixel_order", "bins", "jax_seconds", "top_pixels", "top_pixels_upright", "max", "argmax",
@@ -53,38 +54,38 @@ def test_rf_ranking_sees_the_training_part_only(study_data):
     assert not np.array_equal(ranking, rank_pixels(mutual_information(X, y, 62)))  # all rows: the study's leak
 
 
-def test_pca_sweep_fits_all_three_classifiers(study_data):
-    X, y = study_data
-    result = baselines.pca_sweep(X, y, n_components=(2, 20), rf_trees=10, logreg_max_iter=500, n_jobs=1)
-    for curve in (result.logreg, result.rf, result.jax):
-        assert curve.shape == (2,) and curve[1] > curve[0] > 0
-    assert result.logreg_converged.dtype == bool
-    assert abs(result.jax[1] - result.logreg[1]) < 0.1
-    assert set(result.to_json()) == PCA_KEYS and result.to_json()["pca_solver"] == "covariance_eigh"
-
-
 def test_nested_pca_equals_one_pca_per_count(study_data):
     X, y = study_data
     X_train, X_test, _, _ = baselines.study_split(X.astype(np.float32), y, 0.3, 0)
-    largest = PCA(12, svd_solver="covariance_eigh").fit(X_train)
-    for n in (1, 2, 5, 12):
-        own = PCA(n, svd_solver="covariance_eigh").fit(X_train)
-        np.testing.assert_array_equal(baselines.leading_components(largest, n).transform(X_test),
-                                      own.transform(X_test))
-        full = PCA(n, svd_solver="full").fit(X_train).transform(X_test)  # the other exact solver, up to sign
-        np.testing.assert_allclose(np.abs(own.transform(X_test)), np.abs(full), rtol=1e-3, atol=1e-2)
-    # Downstream: the sweep (one PCA at n = 12) gives every classifier's accuracy of one PCA per n.
-    nested = baselines.pca_sweep(X, y, (2, 5, 12), rf_trees=5, logreg_max_iter=300, n_jobs=1)
+    with one_blas_thread():  # as the sweep runs them (and 784 x 784 eigh is then fast)
+        largest = PCA(12, svd_solver="covariance_eigh").fit(X_train)
+        for n in (1, 2, 5, 12):
+            own = PCA(n, svd_solver="covariance_eigh").fit(X_train)
+            np.testing.assert_array_equal(baselines.leading_components(largest, n).transform(X_test),
+                                          own.transform(X_test))
+            full = PCA(n, svd_solver="full").fit(X_train).transform(X_test)  # the other exact solver, up to sign
+            np.testing.assert_allclose(np.abs(own.transform(X_test)), np.abs(full), rtol=1e-3, atol=1e-2)
+    # Downstream: the sweep (one PCA at n = 12; logistic regressions in a worker process) gives
+    # every classifier's accuracy of one PCA per n, fitted in this process.
+    nested = baselines.pca_sweep(X, y, (2, 5, 12), rf_trees=5, logreg_max_iter=300, n_jobs=2)
     for i, n in enumerate((2, 5, 12)):
         alone = baselines.pca_sweep(X, y, (n,), rf_trees=5, logreg_max_iter=300, n_jobs=1)
         for curve in ("logreg", "logreg_converged", "rf", "jax"):
             assert getattr(nested, curve)[i] == getattr(alone, curve)[0], (n, curve)
+    for curve in (nested.logreg, nested.rf, nested.jax):  # all three classifiers learn
+        assert curve[2] > curve[0] > 1 / 62
+    assert abs(nested.jax[2] - nested.logreg[2]) < 0.1
+    assert nested.logreg_converged.dtype == bool
+    assert set(nested.to_json()) == PCA_KEYS and nested.to_json()["pca_solver"] == "covariance_eigh"
 
 
-def test_pca_sweep_refuses_a_solver_that_does_not_nest(study_data):
+def test_chunked_forest_is_the_forest(study_data):
     X, y = study_data
-    with pytest.raises(ValueError, match="deterministic"):
-        baselines.pca_sweep(X, y, (2,), svd_solver="randomized")
+    X_train, X_test, y_train, _ = baselines.study_split(X[:, 200:300], y, 0.3, 0)
+    forest = RandomForestClassifier(n_estimators=10, random_state=3, n_jobs=1).fit(X_train, y_train)
+    classes, proba = baselines.forest_predict_proba(X_train, y_train, X_test, 10, seed=3, n_jobs=2, chunk=3)
+    np.testing.assert_array_equal(classes, forest.classes_)
+    np.testing.assert_array_equal(proba, forest.predict_proba(X_test))  # same trees, same sums, bit for bit
 
 
 def test_sklearn_mi_is_the_studys_knn_estimator(three_pixels):

@@ -59,27 +59,10 @@ def test_agrees_with_sklearns_default_knn_estimator(tiny_dataset):
     from emnist_jax.data import file_rows
     X, y = file_rows(tiny_dataset.train_images), tiny_dataset.train_labels
     ours = np.asarray(mutual_information(X, y, 62))
-    theirs = mutual_info_classif(X[:, ::4], y, random_state=0)  # a quarter of the pixels keeps it fast
-    assert spearmanr(ours[::4], theirs).statistic > 0.8
+    theirs = mutual_info_classif(X[:, ::16], y, random_state=0)  # every 16th pixel keeps it to seconds
+    assert spearmanr(ours[::16], theirs).statistic > 0.8
 
 
 def test_file_order_to_upright():
     assert file_to_upright(184) == (16, 6)  # the study's top pixel (ORIGINAL_STUDY.md 3.3)
     assert file_to_upright(423) == (3, 15)
-
-
-@pytest.mark.parametrize("features, labels, message", [
-    (np.zeros((4, 3, 3), np.uint8), np.zeros(4, int), "features must be"),
-    (np.zeros((4, 3), np.float32), np.zeros(4, int), "uint8"),
-    (np.zeros((4, 3), np.uint8), np.zeros(5, int), "labels must be"),
-])
-def test_bad_input(features, labels, message):
-    with pytest.raises(ValueError, match=message):
-        mutual_information(features, labels, 3)
-
-
-def test_bad_bins_and_classes():
-    with pytest.raises(ValueError, match="bins"):
-        mutual_information(np.zeros((4, 3), np.uint8), np.zeros(4, int), 3, bins=1)
-    with pytest.raises(ValueError, match="n_classes"):
-        mutual_information(np.zeros((4, 3), np.uint8), np.zeros(4, int), 1)
