@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from emnist_jax.cnn.config import EXECUTION_FIELDS, RUN_FIELDS, TrainConfig
+from emnist_jax.cnn.config import RUN_FIELDS, TrainConfig
 
 FORMAT = 1
 

@@ -165,7 +165,7 @@ def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index:
 #: mesh=, loop=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``, -1 = padding)
 #: and returns the new state and the metric sums plus this call's. ``loop="scan"`` compiles the
 #: step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution steps was
-#: 10-40x slower, MEASUREMENTS.md). ``state`` and ``sums`` are donated.
+#: 10-40x slower; README, 'CNN throughput'). ``state`` and ``sums`` are donated.
 train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop"), donate_argnames=("state", "sums"))
 
 
@@ -391,67 +391,73 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
         return signals.received is not None
 
     compile_seconds = 0.0
-    with DeferredSignals() as signals:
-        try:
-            start = position
-            if start.epoch <= config.epochs:
-                index = epoch_index(key, start.epoch - 1, start.step, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
-                started = time.perf_counter()
-                train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop).compile()
-                compile_seconds = time.perf_counter() - started
-            if _any_process(signalled()):
-                raise stop_here(position)
-            for epoch in range(start.epoch, config.epochs + 1):
-                first = start.step if epoch == start.epoch else 0
-                if epoch != start.epoch:
-                    sums = replicate_tree(zero_sums(), mesh)
-                    index = epoch_index(key, epoch - 1, 0, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
-                bar = tqdm(total=n, initial=min(first * batch, n), desc=f"epoch {epoch}/{config.epochs}", unit="img",
-                           unit_scale=True, disable=not progress or jax.process_index() != 0, leave=False)
-                started = time.perf_counter()
-                for call in range(-(-(steps - first) // k)):
-                    state, sums = train_calls(state, images, labels, index, call, sums, mesh=mesh, loop=config.loop)
-                    position = Position(epoch, min(first + (call + 1) * k, steps))
-                    if position.step == steps:
-                        break  # the end of an epoch is saved as the start of the next, below
-                    synced = (call + 1) % config.log_every == 0
-                    if synced:
-                        _show(bar, sums)  # the only host sync inside an epoch
-                    _callback(on_call, position, lambda: stop_here(position))
-                    if (signalled() if single else synced and _any_process(signalled())):
-                        raise stop_here(position)
-                _show(bar, sums)  # waits for the epoch's last call
-                seconds = time.perf_counter() - started
-                bar.close()
-                count = float(sums["count"])
-                trained = n - min(first * batch, n)
-                history.append(EpochMetrics(epoch, float(sums["loss"]) / count, float(sums["correct"]) / count,
-                                            seconds, trained / seconds if seconds else 0.0))
-                position = Position(epoch + 1, 0)
-                sums = replicate_tree(zero_sums(), mesh)
-                save(position, sums)
-                _callback(on_call, position, lambda: stop_here(position))
-                _callback(on_epoch, history[-1], lambda: stop_here(position))
+    try:
+        with DeferredSignals() as signals:
+            try:
+                start = position
+                if start.epoch <= config.epochs:
+                    index = epoch_index(key, start.epoch - 1, start.step, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                    started = time.perf_counter()
+                    train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop).compile()
+                    compile_seconds = time.perf_counter() - started
                 if _any_process(signalled()):
                     raise stop_here(position)
-        except _Forced:
-            # a second signal, maybe inside a jitted call that had already consumed the state:
-            # nothing new is saved, the newest checkpoint stays the place to resume from
-            raise interrupted(saved) from None
+                for epoch in range(start.epoch, config.epochs + 1):
+                    first = start.step if epoch == start.epoch else 0
+                    if epoch != start.epoch:
+                        sums = replicate_tree(zero_sums(), mesh)
+                        index = epoch_index(key, epoch - 1, 0, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                    bar = tqdm(total=n, initial=min(first * batch, n), desc=f"epoch {epoch}/{config.epochs}",
+                               unit="img", unit_scale=True, disable=not progress or jax.process_index() != 0,
+                               leave=False)
+                    started = time.perf_counter()
+                    for call in range(-(-(steps - first) // k)):
+                        state, sums = train_calls(state, images, labels, index, call, sums, mesh=mesh, loop=config.loop)
+                        position = Position(epoch, min(first + (call + 1) * k, steps))
+                        if position.step == steps:
+                            break  # the end of an epoch is saved as the start of the next, below
+                        synced = (call + 1) % config.log_every == 0
+                        if synced:
+                            _show(bar, sums)  # the only host sync inside an epoch
+                        _callback(on_call, position, lambda: stop_here(position))
+                        if (signalled() if single else synced and _any_process(signalled())):
+                            raise stop_here(position)
+                    _show(bar, sums)  # waits for the epoch's last call
+                    seconds = time.perf_counter() - started
+                    bar.close()
+                    count = float(sums["count"])
+                    trained = n - min(first * batch, n)
+                    history.append(EpochMetrics(epoch, float(sums["loss"]) / count, float(sums["correct"]) / count,
+                                                seconds, trained / seconds if seconds else 0.0))
+                    position = Position(epoch + 1, 0)
+                    sums = replicate_tree(zero_sums(), mesh)
+                    save(position, sums)
+                    _callback(on_call, position, lambda: stop_here(position))
+                    _callback(on_epoch, history[-1], lambda: stop_here(position))
+                    if _any_process(signalled()):
+                        raise stop_here(position)
+            except _Forced:
+                # a second signal, maybe inside a jitted call that had already consumed the state:
+                # nothing new is saved, the newest checkpoint stays the place to resume from
+                raise interrupted(saved) from None
 
-        def check_signal() -> None:  # between evaluation batches; all processes run them together
-            if single and signalled():
-                raise interrupted(saved, during="evaluation")
+            def check_signal() -> None:  # between evaluation batches; all processes run them together
+                if single and signalled():
+                    raise interrupted(saved, during="evaluation")
 
-        evaluations = {}
-        if len(holdout_rows):
-            evaluations["holdout"] = evaluate(state, dataset.train_images[holdout_rows],
-                                              dataset.train_labels[holdout_rows], dataset.classes,
-                                              config.eval_batch_size, mesh, on_batch=check_signal)
-        evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
-                                       config.eval_batch_size, mesh, on_batch=check_signal)
-    if checkpoints is not None:
-        checkpoints.close()
+            evaluations = {}
+            try:
+                if len(holdout_rows):
+                    evaluations["holdout"] = evaluate(state, dataset.train_images[holdout_rows],
+                                                      dataset.train_labels[holdout_rows], dataset.classes,
+                                                      config.eval_batch_size, mesh, on_batch=check_signal)
+                evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
+                                               config.eval_batch_size, mesh, on_batch=check_signal)
+            except _Forced:
+                raise interrupted(saved, during="evaluation") from None
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     return TrainResult(state, config, n_params(dataset.n_classes), history, evaluations, n, platform_of(mesh),
                        mesh.size, compile_seconds, jax.process_count(), resumed_from)
 
@@ -459,7 +465,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
 def _show(bar: Any, sums: dict) -> None:
     seen = float(sums["count"])
     bar.update(int(seen) - bar.n)
-    bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.4f}", acc=f"{float(sums['correct']) / max(seen, 1):.4f}")
+    bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.4f}",
+                    acc=f"{float(sums['correct']) / max(seen, 1):.4f}")
 
 
 def _callback(function: Callable | None, argument: Any, stop_here: Callable) -> None:
