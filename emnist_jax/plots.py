@@ -238,7 +238,7 @@ def confused_examples(images: np.ndarray, labels: np.ndarray, predictions: np.nd
     pairs = pairs[:8]
     side, gap, space = images.shape[1], 2, 12   # pixels: between images; before the reference column
     rows = max(len(pairs), 1)
-    width = (per_pair + 1) * (side + gap) + space
+    width = per_pair * (side + gap) + space + side
     canvas = np.full((rows * (side + gap), width), 255, np.uint8)
     fig, ax = plt.subplots(figsize=(0.62 * (per_pair + 1) + 2.4, 0.62 * rows + 0.9))
     for row, (true, predicted, count) in enumerate(pairs):
