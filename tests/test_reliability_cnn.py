@@ -428,21 +428,32 @@ CHILD = """
 """
 
 
-def test_sigint_sigterm_and_sigkill_at_seeded_points_then_resume_bit_for_bit(small_file, small, reference, tmp_path):
-    """A real process gets SIGINT, SIGTERM and SIGKILL at three seeded positions of a 3-epoch run
-    (each resuming the last); resuming after the SIGKILL ends with the uninterrupted parameters."""
+@pytest.fixture(scope="module", autouse=True)
+def signalled_child(small_file, tmp_path_factory):
+    """The real process of the last test, started with the module so that it runs beside the
+    in-process cases (2 cores); the test waits for it. It gets SIGINT, SIGTERM and SIGKILL at three
+    seeded positions of a 3-epoch run, each phase resuming the one before."""
     positions = [(e, s) for e in (1, 2, 3) for s in (2, 4, 6)] + [(2, 0), (3, 0)]
     rng = np.random.default_rng(2024)
     chosen = sorted(positions[i] for i in rng.choice(len(positions), 3, replace=False))
     points = [(e, s, name) for (e, s), name in zip(chosen, ("SIGINT", "SIGTERM", "SIGKILL"))]
-    workdir = tmp_path / "work"
-    argv = ["--data", small_file, "--epochs", "3", *SMALL_CONFIG_ARGS, "--workdir", str(workdir)]
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), json.dumps(argv), json.dumps(points)],
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "EMNIST_JAX_CACHE": str(tmp_path / "cache")})
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
-    assert [line for line in child.stdout.splitlines() if line.startswith("exit")] == ["exit 130"] * 2, child.stdout
-    lines = child.stderr.strip().splitlines()
+    folder = tmp_path_factory.mktemp("signalled")
+    argv = ["--data", small_file, "--epochs", "3", *SMALL_CONFIG_ARGS, "--workdir", str(folder / "work")]
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), json.dumps(argv), json.dumps(points)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "EMNIST_JAX_CACHE": str(folder / "cache")})
+    yield child, points, folder / "work"
+    child.kill()
+    child.communicate()
+
+
+def test_sigint_sigterm_and_sigkill_at_seeded_points_then_resume_bit_for_bit(signalled_child, small, reference):
+    """After the SIGKILL, resuming ends with the uninterrupted run's parameters, bit for bit."""
+    child, points, workdir = signalled_child
+    stdout, stderr = child.communicate(timeout=300)
+    assert child.returncode == -signal.SIGKILL, stderr[-3000:]
+    assert [line for line in stdout.splitlines() if line.startswith("exit")] == ["exit 130"] * 2, stdout
+    lines = stderr.strip().splitlines()
     assert [line.split(";")[0] for line in lines] == [f"interrupted at epoch {e}, step {s}" for e, s, _ in points[:2]]
     assert all("resume with: python -m emnist_jax.cnn" in line for line in lines)
     assert leftovers(workdir) == []
