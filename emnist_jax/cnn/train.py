@@ -214,16 +214,17 @@ def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes:
     mask = (np.arange(padded) < n).astype(np.float32)
     images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
     labels_p = np.concatenate([labels, np.zeros(padded - n, labels.dtype)]).astype(np.int32)
-    loss, predictions = 0.0, []
+    losses, predictions = [], []
     for start in range(0, padded, batch_size):
         s = slice(start, start + batch_size)
         batch_loss, batch_pred = eval_batch(state.params, replicate(images[s], mesh), replicate(labels_p[s], mesh),
                                             replicate(mask[s], mesh), apply_fn=state.apply_fn, mesh=mesh)
-        loss += float(batch_loss)
-        predictions.append(np.asarray(batch_pred))
+        losses.append(batch_loss)   # read back once at the end: no host sync per batch
+        predictions.append(batch_pred)
         if on_batch:
             on_batch()
-    predictions = np.concatenate(predictions)[:n]
+    loss = float(np.sum(np.asarray(jax.device_get(losses), np.float64)))
+    predictions = np.concatenate(jax.device_get(predictions))[:n]
     return summarize(labels, predictions, loss / max(n, 1), classes, seconds=time.perf_counter() - started)
 
 
