@@ -12,6 +12,7 @@ as with ``cat``; nothing after the lost line is done, the figures included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -49,17 +50,27 @@ def info(data: str, split: str | None, out: str) -> None:
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise EmnistDataError(f"{out}: --out is a file, not a folder")
+    created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as error:
         raise EmnistDataError(f"{error.filename or out}: cannot create the --out folder: {os_reason(error)}") from None
+    written = []
     try:  # plots.save writes a temporary file and renames it: no half-written figure is left
-        grid = plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png"))
+        written.append(plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png")))
         subtitle = f"{dataset.split}, {'SYNTHETIC embedded default' if dataset.synthetic else dataset.source}"
-        counts = plots.save(plots.class_distribution(train, test, dataset.classes, subtitle),
-                            os.path.join(out, "class_distribution.png"))
-    except OSError as error:
-        raise EmnistDataError(f"{out}: cannot write the figures: {os_reason(error)}") from None
+        written.append(plots.save(plots.class_distribution(train, test, dataset.classes, subtitle),
+                                  os.path.join(out, "class_distribution.png")))
+    except BaseException as error:
+        for path in written:  # both figures or none: a failed run leaves no half of its output
+            os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: never anything we did not make
+        if isinstance(error, OSError):
+            raise EmnistDataError(f"{out}: cannot write the figures: {os_reason(error)}") from None
+        raise
+    grid, counts = written
     print(f"\nwrote {grid}\nwrote {counts}")
 
 

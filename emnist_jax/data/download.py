@@ -168,9 +168,23 @@ def download(split: str = "byclass", dest: str | os.PathLike = "emnist", archive
     dest = Path(dest)
     final = dest / archive_name
     url = (base_url or official.BASE_URL).rstrip("/") + "/" + archive_name
+    if dest.exists() and not dest.is_dir():
+        raise EmnistDataError(f"{dest}: is a file, not a folder")
+    made = [folder for folder in [dest, *dest.parents] if not os.path.lexists(folder)]
     try:
-        if dest.exists() and not dest.is_dir():
-            raise EmnistDataError(f"{dest}: is a file, not a folder")
+        return _download(url, dest, final, archive_name, members, known_hash, hashes, progressbar)
+    except BaseException:
+        for folder in made:  # a failed download leaves no trace, not even the empty folders it made
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def _download(url: str, dest: Path, final: Path, archive_name: str, members: list[str], known_hash: str | None,
+              hashes: dict[str, tuple[str, int]], progressbar: bool) -> list[Path]:
+    try:
         dest.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(final):
             # Ours from an earlier run (verified before it got this name) or the user's own copy:

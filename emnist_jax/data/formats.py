@@ -102,7 +102,7 @@ def mapping_from_rows(rows: np.ndarray, name: str) -> Mapping:
     if rows.ndim != 2 or rows.shape[1] < 2 or len(rows) == 0:
         raise EmnistDataError(f"{name}: mapping must have rows 'label code [code]', got shape {rows.shape}")
     if not _whole_non_negative(rows):
-        raise EmnistDataError(f"{name}: mapping must hold whole numbers >= 0, found {_describe_values(rows)}")
+        raise EmnistDataError(f"{name}: mapping must hold whole numbers >= 0, found {describe_values(rows)}")
     order = np.argsort(rows[:, 0], kind="stable")
     rows = rows[order].astype(np.int64)
     if len(set(rows[:, 0].tolist())) != len(rows):
