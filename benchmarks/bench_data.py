@@ -1,9 +1,14 @@
-"""Loading the official formats (.mat and gzip IDX) through ``emnist_jax.data.load``."""
+"""Loading the official formats (.mat and gzip IDX) through ``emnist_jax.data.load``.
+
+Nothing is left behind: asv runs ``setup_cache`` and the benchmarks in a temporary folder of
+its own and deletes it afterwards, so the IDX files are written there (a ``tempfile.mkdtemp``
+folder leaked per run before), and so is the array cache the benchmarks fill (before,
+entries keyed by that temporary folder piled up in the user's cache).
+"""
 
 import gzip
 import os
 import struct
-import tempfile
 
 import numpy as np
 
@@ -19,7 +24,8 @@ class Load:
         from emnist_jax.data import default_file, file_rows
 
         ds = common.default_dataset()
-        folder = tempfile.mkdtemp(prefix="emnist-bench-")
+        folder = os.path.abspath("idx-byclass")  # in asv's temporary working folder
+        os.makedirs(folder, exist_ok=True)
         for part in ("train", "test"):
             images, labels = getattr(ds, f"{part}_images"), getattr(ds, f"{part}_labels")
             with gzip.open(os.path.join(folder, f"emnist-byclass-{part}-images-idx3-ubyte.gz"), "wb", 1) as f:
@@ -33,7 +39,15 @@ class Load:
     def setup(self, paths, fmt):
         from emnist_jax.data import load
 
+        self._user_cache = os.environ.get("EMNIST_JAX_CACHE")
+        os.environ["EMNIST_JAX_CACHE"] = os.path.abspath("array-cache")  # asv deletes it with the folder
         load(paths[fmt], "byclass")  # fills the array cache that time_load_from_cache reads
+
+    def teardown(self, paths, fmt):
+        if self._user_cache is None:
+            os.environ.pop("EMNIST_JAX_CACHE", None)
+        else:
+            os.environ["EMNIST_JAX_CACHE"] = self._user_cache
 
     def time_load(self, paths, fmt):
         from emnist_jax.data import load
