@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 
@@ -32,6 +33,8 @@ def _describe(path: Path) -> tuple[str, str]:
         return "link", os.readlink(path)
     if path.is_dir():
         return "dir", ""
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device: reading it could block forever
+        return "special", ""
     try:
         return "file", hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as error:  # unreadable on purpose in some cases: record that it exists

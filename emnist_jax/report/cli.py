@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 
 from emnist_jax.profiles import PROFILES
 from emnist_jax.report.runner import STAGE_NAMES, Options
@@ -74,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         devices.initialize_distributed()
+    except devices.DeviceError as error:
+        return fail(str(error))
+    try:
         devices.use_platform(args.device)
     except devices.DeviceError as error:
-        return fail(f"--device {args.device}: {error}" if args.device else str(error))
+        return fail(f"--device {args.device}: {error}")
     from emnist_jax.report.runner import run
+
+    # A warning (e.g. an unusable data cache) is one line, like the errors.
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
 
     return run(Options(args.data, args.split, profile, args.out, only, args.resume, _command(argv)))
