@@ -50,6 +50,9 @@ STUDY_GD_ALPHA = 0.1
 TOP_PIXELS = 64
 PIXEL_ORDER = "file (transposed); upright row = p % 28, column = p // 28"
 SKLEARN_MI_CHOICES = ("default", "discrete", "none")
+#: rows below which sklearn work stays in this process: a worker process takes ~2 s to start,
+#: more than a k-NN MI or a logistic regression on fewer rows costs
+MIN_ROWS_FOR_PROCESSES = 10_000
 
 Progress = Callable[[int], None] | None
 
@@ -217,8 +220,9 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
     theirs = None
     if config.sklearn_mi != "none":
         discrete = config.sklearn_mi == "discrete"
+        n_jobs = config.n_jobs if len(y) >= MIN_ROWS_FOR_PROCESSES else 1
         values, their_seconds = _timed(lambda: sklearn_mutual_information(X, y, discrete=discrete, seed=seed,
-                                                                          n_jobs=config.n_jobs))
+                                                                          n_jobs=n_jobs))
         overlap = len(set(rank_pixels(ours)[:TOP_PIXELS].tolist()) & set(rank_pixels(values)[:TOP_PIXELS].tolist()))
         theirs = SklearnMI(discrete, values, their_seconds, float(spearmanr(ours, values).statistic), overlap)
     return MIStudy(ours, len(y), config.mi_bins, seconds, theirs)
@@ -230,6 +234,32 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
 #: classes holds ~1.3 GB of node arrays (2.35 M nodes, each with 62 float64 class fractions);
 #: 10 at a time hold ~130 MB
 FOREST_CHUNK = 10
+
+
+M_MMAP_THRESHOLD = -3       # glibc mallopt parameter
+LARGE_BLOCK = 1 << 20
+
+
+def _large_blocks_from_mmap() -> None:
+    """Serve blocks of 1 MiB and more with mmap, so that freeing a tree gives its memory back (glibc only).
+
+    glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), after which
+    a tree's node arrays (~2-19 MB each) and its class probabilities (7 MB) come from per-thread
+    heaps that fragment: a forest grown 10 trees at a time on 35,000 x 8 pixels still held 910 MB
+    resident after it was freed, the resident size growing ~50 MB per chunk. A fixed threshold
+    (what glibc does before its first adjustment) keeps it at what is live. Process-wide and
+    idempotent; ``emnist_jax.cnn.malloc.tune_malloc`` (the CNN's, which turns mmap off) overrides it.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
+    except (OSError, AttributeError):
+        pass
 
 
 def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
@@ -246,6 +276,7 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
 
     from joblib import effective_n_jobs
 
+    _large_blocks_from_mmap()
     forest = RandomForestClassifier(n_estimators=min(chunk, n_estimators), random_state=seed, n_jobs=n_jobs,
                                     warm_start=True)
     X_test = np.ascontiguousarray(X_test, dtype=np.float32)  # what the forest hands its trees
@@ -378,7 +409,8 @@ def study_logreg_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarr
 
 def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3, seed: int = 0,
               rf_trees: int = 100, logreg_max_iter: int = 10_000, n_jobs: int | None = -1,
-              progress: Progress = None, svd_solver: str | None = None) -> PCASweepResult:
+              progress: Progress = None, svd_solver: str | None = None,
+              logreg_workers: int | None = None) -> PCASweepResult:
     """For each n: the first n PCA components of the train part, then three classifiers scored on the test part.
 
     PCA is fitted once, at the largest n; PCA(n) is its leading n components
@@ -387,9 +419,10 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     ``emnist_jax.features.PCA_SOLVER``) and recorded in the result (tests/test_baselines.py checks
     nested against per-n fits, bit for bit).
 
-    With more than one job the sklearn logistic regressions (one core each) run in worker
-    processes while the forests (``n_jobs`` threads) and the JAX fits run here; the results are
-    the same as with ``n_jobs=1``. ``progress(n)`` is called once per finished n, in order.
+    ``logreg_workers`` worker processes run the sklearn logistic regressions (one core each)
+    while the forests (``n_jobs`` threads) and the JAX fits run here; the results are the same
+    as in this process. Default: half the ``n_jobs`` cores, at most 4, none below
+    ``MIN_ROWS_FOR_PROCESSES`` training rows. ``progress(n)`` is called once per finished n, in order.
     """
     from joblib import effective_n_jobs
 
@@ -414,7 +447,11 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     del X_train, X_test
     # Logistic regressions: worker processes when cores allow (each keeps its own warnings and
     # one BLAS thread; threads would mix warnings, which Python records process-wide).
-    workers = min(4, len(n_components), effective_n_jobs(n_jobs) // 2)
+    if logreg_workers is None:
+        logreg_workers = min(4, effective_n_jobs(n_jobs) // 2) if len(y_train) >= MIN_ROWS_FOR_PROCESSES else 0
+    elif not _is_int(logreg_workers) or logreg_workers < 0:
+        raise ValueError(f"logreg_workers must be None or an integer >= 0, got {logreg_workers!r}")
+    workers = min(logreg_workers, len(n_components))
     executor = None
     if workers >= 1:
         from joblib.externals.loky import get_reusable_executor

@@ -99,16 +99,17 @@ def mutual_information(features: np.ndarray | jax.Array, labels: np.ndarray | ja
 
 
 def one_blas_thread():
-    """Context: numpy/scipy BLAS and LAPACK on one thread.
+    """Context: numpy/scipy BLAS and LAPACK, and OpenMP (sklearn's loss functions), on one thread.
 
     The studies' linear algebra (PCA's 784 x 784 eigendecomposition, lbfgs on <= 29 features)
     is small; on the 2-core machine shared with other work, OpenBLAS's second thread made a
-    784 x 784 ``eigh`` 4-17x slower (0.8-3.5 s against 0.2 s), and the thread count changes the
-    last bits of the results: one thread gives the same bits on any core count.
+    784 x 784 ``eigh`` 4-17x slower (0.8-3.5 s against 0.2 s; the PCA fit on 35,000 rows took
+    12.3 s with two threads, 0.3 s with one), and the thread count changes the last bits of the
+    results: one thread gives the same bits on any core count.
     """
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits(1)
 
 
 #: sklearn PCA solver of every PCA here: deterministic, so PCA(n) is exactly the leading n

@@ -67,7 +67,7 @@ def test_nested_pca_equals_one_pca_per_count(study_data):
             np.testing.assert_allclose(np.abs(own.transform(X_test)), np.abs(full), rtol=1e-3, atol=1e-2)
     # Downstream: the sweep (one PCA at n = 12; logistic regressions in a worker process) gives
     # every classifier's accuracy of one PCA per n, fitted in this process.
-    nested = baselines.pca_sweep(X, y, (2, 5, 12), rf_trees=5, logreg_max_iter=300, n_jobs=2)
+    nested = baselines.pca_sweep(X, y, (2, 5, 12), rf_trees=5, logreg_max_iter=300, n_jobs=2, logreg_workers=1)
     for i, n in enumerate((2, 5, 12)):
         alone = baselines.pca_sweep(X, y, (n,), rf_trees=5, logreg_max_iter=300, n_jobs=1)
         for curve in ("logreg", "logreg_converged", "rf", "jax"):

@@ -204,6 +204,8 @@ STUDY_CASES = [
      r"n_components must be integers in 1..6, got \[0, 2\]"),
     ("pca-components-beyond", lambda f, y: baselines.pca_sweep(f, y, (7,)), ValueError, "1..6"),
     ("pca-components-float", lambda f, y: baselines.pca_sweep(f, y, (2.5,)), ValueError, "integers"),
+    ("pca-logreg_workers-negative", lambda f, y: baselines.pca_sweep(f, y, (2,), logreg_workers=-1), ValueError,
+     "logreg_workers must be None or an integer >= 0"),
     ("pca-solver-randomized", lambda f, y: baselines.pca_sweep(f, y, (2,), svd_solver="randomized"), ValueError,
      "deterministic solvers"),
     ("standardized_pca-components-zero", lambda f, y: standardized_pca(f, f, 0, seed=0), ValueError,
