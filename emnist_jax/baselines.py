@@ -23,6 +23,7 @@ holds ~1.3 GB of node arrays, so forests are grown, scored and dropped 10 trees 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import numbers
@@ -236,30 +237,40 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
 FOREST_CHUNK = 10
 
 
-M_MMAP_THRESHOLD = -3       # glibc mallopt parameter
-LARGE_BLOCK = 1 << 20
+M_MMAP_THRESHOLD = -3            # glibc mallopt parameter
+LARGE_BLOCK = 1 << 20            # blocks from mmap while forests grow
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20  # where glibc's own dynamic threshold ends up on 64-bit
 
 
-def _large_blocks_from_mmap() -> None:
-    """Serve blocks of 1 MiB and more with mmap, so that freeing a tree gives its memory back (glibc only).
+@contextlib.contextmanager
+def _large_blocks_from_mmap():
+    """While forests grow, serve blocks of 1 MiB and more with mmap, so that a dropped tree's memory goes back (glibc).
 
     glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), after which
     a tree's node arrays (~2-19 MB each) and its class probabilities (7 MB) come from per-thread
     heaps that fragment: a forest grown 10 trees at a time on 35,000 x 8 pixels still held 910 MB
-    resident after it was freed, the resident size growing ~50 MB per chunk. A fixed threshold
-    (what glibc does before its first adjustment) keeps it at what is live. Process-wide and
-    idempotent; ``emnist_jax.cnn.malloc.tune_malloc`` (the CNN's, which turns mmap off) overrides it.
+    resident after it was freed, the resident size growing ~50 MB per chunk. A fixed 1 MiB
+    threshold keeps it at what is live. On exit the threshold is set to 32 MiB, where glibc's
+    own adjustment ends, so later work (the CNN's scratch buffers) is served as before.
+    Process-wide; elsewhere than Linux with glibc it does nothing.
     """
     import ctypes
     import ctypes.util
     import sys
 
-    if not sys.platform.startswith("linux"):
-        return
+    mallopt = None
+    if sys.platform.startswith("linux"):
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):
+            mallopt = None
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
-    except (OSError, AttributeError):
-        pass
+        yield
+    finally:
+        if mallopt is not None:
+            mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
 
 
 def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
@@ -276,13 +287,12 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
 
     from joblib import effective_n_jobs
 
-    _large_blocks_from_mmap()
     forest = RandomForestClassifier(n_estimators=min(chunk, n_estimators), random_state=seed, n_jobs=n_jobs,
                                     warm_start=True)
     X_test = np.ascontiguousarray(X_test, dtype=np.float32)  # what the forest hands its trees
     proba = None
     grown = 0
-    with ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:  # trees predict without the GIL
+    with _large_blocks_from_mmap(), ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:
         while grown < n_estimators:
             forest.set_params(n_estimators=min(grown + chunk, n_estimators))
             forest.fit(X_train, y_train)

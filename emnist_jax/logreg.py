@@ -1,7 +1,8 @@
 """One-vs-rest logistic regression as pure JAX functions, plus a scikit-learn estimator.
 
-Three solvers, each one binary problem per class, ``jax.vmap``-ed over classes and jitted whole
-(no Python loop over classes or samples, no host round trip inside a fit):
+Three solvers, each one binary problem per class, all classes at once (``jax.vmap`` over classes,
+or for ``gd`` one matrix product over all classes) and jitted whole (no Python loop over classes
+or samples, no host round trip inside a fit):
 
 - ``gd``: the original study's algorithm (section 5): a bias column, sigmoid, full-batch
   gradient ascent on the log-likelihood with step ``alpha`` for ``n_iter`` iterations from zero
@@ -66,18 +67,20 @@ def _weights(X: jax.Array, weight: jax.Array | None) -> jax.Array:
 @partial(jax.jit, static_argnames=("n_classes", "n_iter"))
 def _fit_gd(X: jax.Array, labels: jax.Array, n_classes: int, alpha: float, n_iter: int,
             weight: jax.Array | None = None) -> OvRParams:
+    # All classes' binary problems at once, as two matrix products per step: the same arithmetic
+    # as vmap over classes, 2.2x faster on XLA CPU (35,000 x 29, 62 classes: 1.35 s against 2.91 s
+    # for 300 steps), where the vmapped form became 62 batched matrix-vector products.
     X_bias = jnp.concatenate([jnp.ones((X.shape[0], 1), X.dtype), X], axis=1)
     weight = _weights(X, weight)
     m = weight.sum()
+    targets = _targets(labels, n_classes).T                  # (N, classes)
 
-    def binary(target: jax.Array) -> jax.Array:
-        def step(_, theta):
-            h = jax.nn.sigmoid(X_bias @ theta)
-            return theta + alpha * (((target - h) * weight) @ X_bias) / m   # ascent on the log-likelihood
-        return jax.lax.fori_loop(0, n_iter, step, jnp.zeros(X_bias.shape[1], X.dtype))
+    def step(_, theta):                                      # theta: (features + 1, classes)
+        h = jax.nn.sigmoid(X_bias @ theta)
+        return theta + alpha * (X_bias.T @ ((targets - h) * weight[:, None])) / m   # ascent on the log-likelihood
 
-    theta = jax.vmap(binary)(_targets(labels, n_classes))
-    return OvRParams(theta[:, 1:], theta[:, 0], jnp.full(n_classes, n_iter))
+    theta = jax.lax.fori_loop(0, n_iter, step, jnp.zeros((X_bias.shape[1], n_classes), X.dtype))
+    return OvRParams(theta[1:].T, theta[0], jnp.full(n_classes, n_iter))
 
 
 def binary_objective(w: jax.Array, X: jax.Array, target: jax.Array, C: float,
