@@ -59,8 +59,8 @@ def test_agrees_with_sklearns_default_knn_estimator(tiny_dataset):
     from emnist_jax.data import file_rows
     X, y = file_rows(tiny_dataset.train_images), tiny_dataset.train_labels
     ours = np.asarray(mutual_information(X, y, 62))
-    theirs = mutual_info_classif(X[:, ::16], y, random_state=0)  # every 16th pixel keeps it to seconds
-    assert spearmanr(ours[::16], theirs).statistic > 0.8
+    theirs = mutual_info_classif(X[:, ::24], y, random_state=0)  # every 24th pixel keeps it to ~1.5 s
+    assert spearmanr(ours[::24], theirs).statistic > 0.8
 
 
 def test_file_order_to_upright():
