@@ -1,5 +1,7 @@
 import pytest
 
+import official_layout as ol
+
 from emnist_jax.data import Dataset, default_file, load
 
 
@@ -23,3 +25,17 @@ def tiny_dataset(tmp_path_factory) -> Dataset:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EMNIST_JAX_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
         return load(default_file(seed=1, size=(1240, 620)))
+
+
+@pytest.fixture(scope="module")
+def module_server():
+    """A local HTTP server on 127.0.0.1 serving official-layout archives (one per test module)."""
+    s = ol.Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def server(module_server):
+    module_server.reset()
+    return module_server

@@ -14,19 +14,6 @@ from emnist_jax.data import EmnistDataError, download, load, official
 from emnist_jax.data.__main__ import main
 
 
-@pytest.fixture(scope="module")
-def module_server():
-    s = ol.Server()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def server(module_server):
-    module_server.reset()
-    return module_server
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -475,19 +475,6 @@ def test_cache_faults_do_not_matter_without_the_cache(tmp_path, monkeypatch):
 
 # ---- data.download --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def module_server():
-    s = ol.Server()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def server(module_server):
-    module_server.reset()
-    return module_server
-
-
 def archive(members):
     return ol.write_zip_bytes({f"matlab/{n}": b for n, b in members.items()})
 

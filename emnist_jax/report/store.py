@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from emnist_jax.report.output import write_bytes_atomic
+
 SCHEMA = 1
 MARKER = ".emnist_jax_report_state"
 
@@ -91,19 +93,6 @@ def differences(stored: Any, current: Any, path: str = "") -> list[str]:
     return [] if stored == current else [f"{path} {stored!r} -> {current!r}"]
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class Store:
     """The state folder of one ``--out``; see the module docstring."""
 
@@ -152,7 +141,7 @@ class Store:
                 log(f"starting fresh: discarding the stored results of an interrupted earlier run "
                     f"({', '.join(finished)}); --resume would have continued it")
             self._clear()
-            _write_bytes_atomic(folder / "key.json", json.dumps(key, indent=1).encode())
+            write_bytes_atomic(folder / "key.json", json.dumps(key, indent=1).encode())
 
     def _read_key(self) -> dict | None:
         try:
@@ -202,8 +191,8 @@ class Store:
         if result.arrays:
             buffer = io.BytesIO()
             np.savez(buffer, **result.arrays)
-            _write_bytes_atomic(self.folder / f"{stage}.npz", buffer.getvalue())
-        _write_bytes_atomic(self.folder / f"{stage}.json", json.dumps(
+            write_bytes_atomic(self.folder / f"{stage}.npz", buffer.getvalue())
+        write_bytes_atomic(self.folder / f"{stage}.json", json.dumps(
             {"metrics": result.metrics, "arrays": sorted(result.arrays), "seconds": result.seconds}).encode())
 
     def remove(self) -> None:
