@@ -46,7 +46,7 @@ SCALES = {
                  profile="quick"),
     "tiny": dict(variant_rows=2_048, default_rows=4_096, default_epochs=1, mi_rows=4_096, profile="smoke"),
 }
-#: At tiny scale on a CPU, XLA-convolution steps under a scan run at ~20 images/s (MEASUREMENTS.md):
+#: At tiny scale on a CPU, XLA-convolution steps under a scan ran at 18-26 images/s (a --scale tiny dry run):
 #: the dry run keeps one variant of each kind.
 TINY_VARIANTS = [("xla", "unroll", 1), ("slices", "unroll", 4), ("slices", "scan", 8)]
 

@@ -250,8 +250,9 @@ def _large_blocks_from_mmap():
     a tree's node arrays (~2-19 MB each) and its class probabilities (7 MB) come from per-thread
     heaps that fragment: a forest grown 10 trees at a time on 35,000 x 8 pixels still held 910 MB
     resident after it was freed, the resident size growing ~50 MB per chunk. A fixed 1 MiB
-    threshold keeps it at what is live. On exit the threshold is set to 32 MiB, where glibc's
-    own adjustment ends, so later work (the CNN's scratch buffers) is served as before.
+    threshold keeps it at what is live. On exit the threshold is set to 32 MiB, the ceiling of glibc's
+    own adjustment; setting it turns that adjustment off for the rest of the process, so later work
+    (the CNN's scratch buffers) sees a fixed 32 MiB threshold rather than glibc's moving one.
     Process-wide; elsewhere than Linux with glibc it does nothing.
     """
     import ctypes

@@ -88,3 +88,13 @@ def initialize_distributed(environ: dict | None = None) -> bool:
         raise DeviceError(f"cannot join the multi-process run at {coordinator} as process {index} of {count}: "
                           f"{reason}") from None
     return True
+
+
+def setup(device: str | None) -> None:
+    """What every command line does first: join a multi-process run if the environment describes
+    one, then pick the platform. Raises :class:`DeviceError` saying which of the two was wrong."""
+    initialize_distributed()
+    try:
+        use_platform(device)
+    except DeviceError as error:
+        raise DeviceError(f"--device {device}: {error}") from None

@@ -127,11 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
     from emnist_jax import devices
 
-    try:  # both before anything touches a JAX backend
-        devices.initialize_distributed()
-        devices.use_platform(args.device)
+    try:  # before anything touches a JAX backend
+        devices.setup(args.device)
     except devices.DeviceError as error:
-        return _fail(f"--device {args.device}: {error}" if args.device and "JAX_" not in str(error) else str(error))
+        return _fail(str(error))
 
     import jax
 

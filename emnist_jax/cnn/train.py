@@ -261,7 +261,7 @@ class TrainResult:
     n_train: int
     backend: str                         # "cpu", "gpu" or "tpu"
     devices: int                         # over all processes
-    compile_seconds: float = 0.0         # tracing + compiling the training program (0 when reused)
+    compile_seconds: float = 0.0         # tracing + compiling the training program (~1 ms when reused)
     processes: int = 1
     resumed_from: Position | None = None  # where a resumed run started
 
@@ -454,6 +454,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
                                                       config.eval_batch_size, mesh, on_batch=check_signal)
                 evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
                                                config.eval_batch_size, mesh, on_batch=check_signal)
+                if not single and _any_process(signalled()):  # several processes agree once, at the end
+                    raise interrupted(saved, during="evaluation")
             except _Forced:
                 raise interrupted(saved, during="evaluation") from None
     finally:

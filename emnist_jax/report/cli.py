@@ -73,14 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from emnist_jax import devices
 
-    try:
-        devices.initialize_distributed()
+    try:  # before anything touches a JAX backend
+        devices.setup(args.device)
     except devices.DeviceError as error:
         return fail(str(error))
-    try:
-        devices.use_platform(args.device)
-    except devices.DeviceError as error:
-        return fail(f"--device {args.device}: {error}")
     from emnist_jax.report.runner import run
 
     # A warning (e.g. an unusable data cache) is one line, like the errors.

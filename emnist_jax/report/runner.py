@@ -18,8 +18,6 @@ from pathlib import Path
 from emnist_jax.profiles import Profile
 
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
-#: stages that every process of a multi-process run must join (their JAX work is collective)
-COLLECTIVE_STAGES = ("cnn",)
 #: metrics.json keys that hold wall-clock measurements; everything else is equal between an
 #: uninterrupted run and a resumed one
 TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second")
@@ -133,18 +131,27 @@ def _run(options: Options) -> int:
                 staging = output.Staging(target)
         except (EmnistDataError, output.OutputError, store.StateError) as error:
             return _error(str(error))
+        if jax.process_count() > 1:
+            # Process 0 has set up (or cleared) the state folder that holds the CNN's shared
+            # checkpoints; nobody may touch it before that.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("emnist_jax.report: state folder ready")
         inputs = Inputs(dataset, profile, cnn_workdir=state_folder / "cnn", resume=options.resume,
                         on_epoch=lambda e: log(f"cnn {e}"))
         kind = "SYNTHETIC embedded default" if dataset.synthetic else "EMNIST"
         log(f"{kind} {dataset.split}: {len(dataset.train_labels):,} train, {len(dataset.test_labels):,} test; "
             f"profile {profile.name}, seed {profile.classic.seed}; "
             + (f"writing {target}" if writer else f"process {jax.process_index()} of {jax.process_count()}: "
-               "joins the CNN; process 0 runs the rest and writes the report"))
+               "runs every stage beside process 0 (the CNN together with it); process 0 writes the report"))
         status, seconds, sections, metrics, resumed = {}, {}, {}, {}, []
         for stage in STAGE_NAMES:
-            if stage not in options.only or (not writer and (
-                    stage not in COLLECTIVE_STAGES or options.resume and store.Store.finished(state_folder, key, stage))):
-                status[stage] = "skipped"  # (other processes join only what process 0 computes together with them)
+            # Every process runs every stage, so all reach the CNN's collectives together instead of
+            # waiting in them while process 0 runs minutes of scikit-learn; a stage that process 0
+            # reuses from its store (--resume, read from the shared folder) the others skip too.
+            if stage not in options.only or (not writer and options.resume
+                                             and store.Store.finished(state_folder, key, stage)):
+                status[stage] = "skipped"
                 continue
             current = stage
             started = time.perf_counter()

@@ -165,7 +165,7 @@ def cnn(result: StageResult, inputs: Inputs, folder: Path) -> dict:
             f"Official test set: accuracy {m['test_accuracy']:.4f}, loss {m['test_loss']:.4f} ({test_rows}, "
             f"{m['eval_seconds']:.1f} s).{holdout}"]
     text.append(f"Compiling the training program took {m['compile_seconds']:.1f} s before the first step; the "
-                "epoch times and images/s below are training only." if m["compile_seconds"] > 0 else
+                "epoch times and images/s below are training only." if m["compile_seconds"] >= 0.05 else
                 "The training program was already compiled in this process; the epoch times are training only.")
     figures = _Figures(folder)
     figures.add(plots.cnn_history([e["loss"] for e in epochs], [e["accuracy"] for e in epochs], _label(inputs),
