@@ -32,13 +32,13 @@ BACKEND_DEFAULTS = {
     "cpu": BackendDefaults(
         "slices", 4, "unroll",
         "measured on the 2-core development machine with benchmarks/side_by_side_cnn.py (README, "
-        "'CNN throughput'): slices K=4 was the fastest JAX variant at batch 64 (1,975 images/s against "
+        "'CNN throughput on a CPU'): slices K=4 was the fastest JAX variant at batch 64 (1,975 images/s against "
         "1,725 for xla K=1, mallopt tuned); lax.scan over xla-convolution steps ran 134 images/s "
         "(10-40x slower), a scan over slice steps was fine; unrolled K=4 slices is what was measured"),
     "gpu": BackendDefaults(
         "slices", 64, "scan",
         "measured by issue 12's author on one NVIDIA H100 80 GB with JAX 0.11.2 (CUDA 13), not by us "
-        "(README, 'Running on GPU/TPU/several hosts'): slices under one lax.scan of K=64 steps reached "
+        "(README, 'Running on GPU, TPU and several hosts'): slices under one lax.scan of K=64 steps reached "
         "346,978 images/s at batch 64 with a 3.7 s first call, against 50,809 for xla K=1 and "
         "335,000 for slices unrolled K=8 (~10 s to compile); throughput is flat from K=8 on"),
     "tpu": BackendDefaults(

@@ -165,7 +165,7 @@ def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index:
 #: mesh=, loop=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``, -1 = padding)
 #: and returns the new state and the metric sums plus this call's. ``loop="scan"`` compiles the
 #: step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution steps was
-#: 10-40x slower; README, 'CNN throughput'). ``state`` and ``sums`` are donated.
+#: 10-40x slower; README, 'CNN throughput on a CPU'). ``state`` and ``sums`` are donated.
 train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop"), donate_argnames=("state", "sums"))
 
 
