@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import numbers
 import time
 import warnings
 from typing import Callable
@@ -40,6 +39,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from emnist_jax.classic_config import ClassicConfig, is_integer as _is_int
+
 # JAX (emnist_jax.features, emnist_jax.logreg) is imported where it is used: the process that runs
 # the PCA sweep's sklearn logistic regressions imports this module and needs only scikit-learn.
 
@@ -50,58 +51,11 @@ STUDY_GD_ALPHA = 0.1
 #: how many top pixels the MI comparison keeps and compares (the RandomForest's largest k)
 TOP_PIXELS = 64
 PIXEL_ORDER = "file (transposed); upright row = p % 28, column = p // 28"
-SKLEARN_MI_CHOICES = ("default", "discrete", "none")
 #: rows below which sklearn work stays in this process: a worker process takes ~2 s to start,
 #: more than a k-NN MI or a logistic regression on fewer rows costs
 MIN_ROWS_FOR_PROCESSES = 10_000
 
 Progress = Callable[[int], None] | None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassicConfig:
-    """The classic studies' parameters; the defaults are the original study's protocol."""
-
-    n_rows: int = 50_000                 # the first 50,000 training rows
-    test_size: float = 0.3               # 35,000 / 15,000
-    ks: tuple[int, ...] = tuple(range(2, 65))
-    rf_trees: int = 100                  # RandomForestClassifier() default
-    pca_components: tuple[int, ...] = tuple(range(1, 30))
-    logreg_max_iter: int = 10_000
-    sklearn_mi: str = "default"          # "default" (k-NN estimator, the study), "discrete" or "none"
-    mi_bins: int = 16                    # bins of our JAX MI
-    seed: int = 0
-    n_jobs: int | None = -1
-
-    def __post_init__(self) -> None:
-        for name in ("ks", "pca_components"):
-            values = getattr(self, name)
-            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-                raise ValueError(f"ClassicConfig.{name} must be a sequence of positive integers, got {values!r}")
-            values = tuple(values)
-            if not values or not all(_is_int(v) and v >= 1 for v in values):
-                raise ValueError(f"ClassicConfig.{name} must be a non-empty sequence of positive integers, "
-                                 f"got {values!r}")
-            object.__setattr__(self, name, tuple(int(v) for v in values))
-        checks = (
-            ("n_rows", _is_int(self.n_rows) and self.n_rows >= 2, "an integer >= 2"),
-            ("test_size", isinstance(self.test_size, numbers.Real) and not isinstance(self.test_size, bool)
-             and 0 < self.test_size < 1, "a number strictly between 0 and 1"),
-            ("rf_trees", _is_int(self.rf_trees) and self.rf_trees >= 1, "an integer >= 1"),
-            ("logreg_max_iter", _is_int(self.logreg_max_iter) and self.logreg_max_iter >= 1, "an integer >= 1"),
-            ("sklearn_mi", self.sklearn_mi in SKLEARN_MI_CHOICES, f"one of {', '.join(SKLEARN_MI_CHOICES)}"),
-            ("mi_bins", _is_int(self.mi_bins) and 2 <= self.mi_bins <= 256, "an integer in 2..256"),
-            ("seed", _is_int(self.seed) and 0 <= self.seed < 2**32, "an integer in 0..2**32-1"),
-            ("n_jobs", self.n_jobs is None or (_is_int(self.n_jobs) and self.n_jobs != 0),
-             "None or a non-zero integer"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"ClassicConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
 
 def study_split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int):
