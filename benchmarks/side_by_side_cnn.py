@@ -1,12 +1,17 @@
-"""CNN throughput, JAX variants and PyTorch CPU side by side (issue: CNN).
+"""CNN throughput on a CPU: JAX variants and PyTorch side by side in one run (issue 13).
 
-    python benchmarks/side_by_side_cnn.py [--seconds 6] [--batches 64 256] [--no-torch]
+    python benchmarks/side_by_side_cnn.py [--seconds 5] [--batches 64 256] [--malloc tuned|default|both]
+                                          [--no-torch] [--no-torch-compile] [--out reports/performance]
 
-Runs twice, in two child processes: with glibc's default malloc and with ``mallopt`` tuned
-(``emnist_jax.cnn.malloc``), because that setting is process-wide. In each, every variant
-trains the study's CNN on random uint8 images already on the device and reports images/s for
-training (optimizer step included) and for evaluation (forward + argmax). PyTorch runs the same
-network (channels_last, Adam with the same settings) in the same process as the baseline.
+Writes ``cpu.json`` (every figure), ``cpu.md`` (the table) and ``cpu.png`` (bar chart) into
+``--out`` (each written to a temporary name, then renamed). Every measurement runs in a child
+process with the allocator setting of its half (glibc's default malloc or ``mallopt`` tuned,
+:mod:`emnist_jax.cnn.malloc`; process-wide, hence the children): the fp32 matrix peak through
+``jnp.dot``, each JAX variant, PyTorch eager (channels_last, its default threads) and
+``torch.compile`` (default mode; skipped with a note when it fails or takes longer than
+``--compile-timeout``). Training images/s include the Adam step; evaluation is forward + argmax.
+The ratios divide by PyTorch eager of the same half and batch, measured in the same run.
+PyTorch comes from the optional extra ``pip install -e '.[peers]'`` and is only imported here.
 """
 
 from __future__ import annotations
@@ -14,24 +19,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+#: Multiply-adds x 2 of one image through the study's CNN. Forward 15.44 MFLOP (conv1 0.45, conv2
+#: 7.23, conv3 7.23, dense 0.54); training = forward + input gradient + weight gradient of every
+#: layer except conv1's input gradient = 45.9 MFLOP.
+FORWARD_MFLOP = 15.44
+TRAIN_MFLOP = 45.9
 
-#: (convolution, steps per call, loop) of each JAX variant timed.
-VARIANTS = (("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"), ("slices", 4, "unroll"),
-            ("slices", 4, "scan"))
+#: (convolution, steps per call, loop) of each JAX variant timed; "default" is what
+#: TrainConfig().resolved("cpu") picks, timed first so that its first call is a real compile (a later
+#: variant with the same settings reuses it). Variants whose convolution is unavailable are skipped.
+VARIANTS = (("default", None, None), ("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"),
+            ("slices", 4, "unroll"), ("slices", 4, "scan"))
 
 
-def jax_variants(batches, seconds):
+# ---- measurements (run in child processes) -----------------------------------------------------
+
+def matmul_peak(seconds: float) -> dict:
+    """fp32 GFLOP/s of one jitted 2048 x 2048 x 2048 jnp.dot, the best of repeated calls."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n = 2048
+    a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
+    dot = jax.jit(lambda x, y: jnp.dot(x, y))
+    dot(a, a).block_until_ready()
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        dot(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return {"impl": "jnp.dot fp32 2048^3", "gflops": 2 * n**3 / best / 1e9}
+
+
+def jax_rows(batches, seconds):
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from emnist_jax.cnn import TrainConfig
+    from emnist_jax.cnn.config import available_conv_impls
     from emnist_jax.cnn.train import create_state, eval_batch, make_mesh, train_calls, zero_sums
 
     mesh = make_mesh()
@@ -41,24 +76,31 @@ def jax_variants(batches, seconds):
     labels = jnp.asarray(rng.integers(0, 62, n).astype(np.int32))
     rows = []
     for conv, k, loop in VARIANTS:
+        if conv != "default" and conv not in available_conv_impls():
+            continue
         for batch in batches:
-            config = TrainConfig(conv_impl=conv, steps_per_call=k, loop=loop, batch_size=batch)
+            config = TrainConfig(batch_size=batch, **({} if conv == "default" else
+                                                      {"conv_impl": conv, "steps_per_call": k, "loop": loop}))
+            config = config.resolved("cpu")
+            k = config.steps_per_call
+            name = (f"ours, {config.conv_impl} K={k} {config.loop}" +
+                    (" (CPU default)" if conv == "default" else ""))
             state = create_state(config, 62)
             index = jnp.asarray(rng.integers(0, n, (64, k, batch)).astype(np.int32))
             start = time.perf_counter()
-            state, s = train_calls(state, images, labels, index, 0, zero_sums(), mesh=mesh, loop=loop)
+            state, s = train_calls(state, images, labels, index, 0, zero_sums(), mesh=mesh, loop=config.loop)
             jax.block_until_ready(s)
             compile_s = time.perf_counter() - start
             calls, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                state, s = train_calls(state, images, labels, index, calls % 64, s, mesh=mesh, loop=loop)
+                state, s = train_calls(state, images, labels, index, calls % 64, s, mesh=mesh, loop=config.loop)
                 calls += 1
                 if calls % 4 == 0:
                     jax.block_until_ready(s)
             jax.block_until_ready(s)
             train_ips = calls * k * batch / (time.perf_counter() - start)
             eval_ips = None
-            if k == 1:
+            if k == 1 or conv == "default":
                 mask = jnp.ones(batch)
                 x, y = images[:batch], labels[:batch]
                 jax.block_until_ready(eval_batch(state.params, x, y, mask, apply_fn=state.apply_fn, mesh=mesh))
@@ -68,96 +110,297 @@ def jax_variants(batches, seconds):
                     evals += 1
                 jax.block_until_ready(out)
                 eval_ips = evals * batch / (time.perf_counter() - start)
-            rows.append({"impl": f"jax conv={conv} K={k} {loop}", "batch": batch, "train": train_ips,
-                         "eval": eval_ips, "compile_s": compile_s})
+            rows.append({"impl": name, "batch": batch, "train": train_ips, "eval": eval_ips,
+                         "compile_s": compile_s, "default": conv == "default"})
     return rows
 
 
-def torch_rows(batches, seconds):
+def torch_model():
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(32, 64, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(64, 128, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(2048, 128), nn.LeakyReLU(0.1), nn.Linear(128, 62),
+    ).to(memory_format=torch.channels_last)
+    assert sum(p.numel() for p in model.parameters()) == 362_942
+    return model
+
+
+def torch_rows(batches, seconds, compiled: bool):
+    """PyTorch as a user runs it: eager (or ``torch.compile(model)``), channels_last, default threads."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     for batch in batches:
-        model = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(32, 64, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(64, 128, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Flatten(), nn.Linear(2048, 128), nn.LeakyReLU(0.1), nn.Linear(128, 62),
-        ).to(memory_format=torch.channels_last)
-        assert sum(p.numel() for p in model.parameters()) == 362_942
+        model = torch_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+        forward = torch.compile(model) if compiled else model
         data = torch.randint(0, 256, (8192, 1, 28, 28), dtype=torch.uint8)
         labels = torch.randint(0, 62, (8192,))
         loss_fn = nn.CrossEntropyLoss()
 
-        def step(i):
+        def step():
             rows_ = torch.randint(0, 8192, (batch,))
             x = (data[rows_].float() / 255.0).contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), labels[rows_])
+            loss = loss_fn(forward(x), labels[rows_])
             loss.backward()
             optimizer.step()
 
-        for i in range(5):
-            step(i)
+        start = time.perf_counter()
+        for _ in range(5):
+            step()
+        warmup_s = time.perf_counter() - start
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            step(steps)
+            step()
             steps += 1
         train_ips = steps * batch / (time.perf_counter() - start)
         x = (data[:batch].float() / 255.0).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            model(x)
+            start = time.perf_counter()
+            forward(x).argmax(1)
+            warmup_s += time.perf_counter() - start
             evals, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds / 2:
-                model(x).argmax(1)
+                forward(x).argmax(1)
                 evals += 1
-        rows.append({"impl": "torch channels_last", "batch": batch, "train": train_ips,
-                     "eval": evals * batch / (time.perf_counter() - start), "compile_s": None})
+        rows.append({"impl": "PyTorch torch.compile, channels_last" if compiled else "PyTorch eager, channels_last",
+                     "batch": batch, "train": train_ips, "eval": evals * batch / (time.perf_counter() - start),
+                     "compile_s": warmup_s, "default": False})
     return rows
 
 
 def child(args) -> None:
-    if args.malloc:
+    malloc = False
+    if args.malloc == "tuned":
         from emnist_jax.cnn.malloc import tune_malloc
 
-        tune_malloc()
-    rows = []
-    if not args.no_torch:
-        rows += torch_rows(args.batches, args.seconds)
-    rows += jax_variants(args.batches, args.seconds)
-    print(json.dumps(rows))
+        malloc = tune_malloc()
+    if args.child == "jax":
+        out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds)}
+    else:
+        out = {"rows": torch_rows(args.batches, args.seconds, compiled=args.child == "torch-compile")}
+    out["mallopt_applied"] = malloc
+    print(json.dumps(out))
+
+
+# ---- the parent: run the children, write the report --------------------------------------------
+
+def versions() -> dict:
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "onednn"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    except (OSError, StopIteration):
+        simd = []
+    return {"cpu": model, "cpus": os.cpu_count(), "simd": simd, "system": platform.platform(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def run_child(kind: str, malloc: str, args, timeout: float | None = None) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--child", kind, "--malloc", malloc,
+               "--seconds", str(args.seconds), "--batches", *map(str, args.batches)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"rows": [], "note": f"{kind}: stopped after {timeout:.0f} s (--compile-timeout)"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"rows": [], "note": f"{kind}: failed (exit {done.returncode}): {last[:300]}"}
+    out = json.loads(done.stdout.splitlines()[-1])
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def with_ratios(rows: list[dict], peak: float | None) -> list[dict]:
+    """Add ratio vs PyTorch eager (same half, same batch) and achieved GFLOP/s to every row."""
+    base = {(r["malloc"], r["batch"]): r for r in rows if r["impl"] == "PyTorch eager, channels_last"}
+    for r in rows:
+        ref = base.get((r["malloc"], r["batch"]))
+        r["train_vs_torch"] = r["train"] / ref["train"] if ref else None
+        r["eval_vs_torch"] = r["eval"] / ref["eval"] if ref and r["eval"] else None
+        r["train_gflops"] = r["train"] * TRAIN_MFLOP / 1e3
+        r["eval_gflops"] = r["eval"] * FORWARD_MFLOP / 1e3 if r["eval"] else None
+        r["train_fraction_of_peak"] = r["train_gflops"] / peak if peak else None
+    return rows
+
+
+def markdown(report: dict) -> str:
+    def num(x, fmt="{:,.0f}"):
+        return "" if x is None else fmt.format(x)
+
+    def cell(value, ratio):
+        return "" if value is None else num(value) + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+    lines = [f"# CNN throughput on a CPU, side by side ({report['date']})", "",
+             f"Command: `{report['command']}`", "",
+             f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs "
+             f"({', '.join(report['machine']['simd'])}); load average at start "
+             f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}. ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".", ""]
+    for malloc in report["malloc_settings"]:
+        peak = report["matmul_peak_gflops"].get(malloc)
+        lines += [f"## malloc: {malloc}" + (f"; fp32 matrix peak (jnp.dot 2048^3) {peak:,.0f} GFLOP/s" if peak else ""),
+                  "", "images/s (ratio vs PyTorch eager, same batch); training includes the Adam step; "
+                  f"GFLOP/s at {TRAIN_MFLOP} MFLOP per image (training) and {FORWARD_MFLOP} (evaluation); "
+                  "first call = compile (JAX) or 5 warm-up steps + 1 evaluation (PyTorch)", "",
+                  "| variant | batch | training | eval | train GFLOP/s | eval GFLOP/s | first call s |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in (r for r in report["rows"] if r["malloc"] == malloc):
+            lines.append(f"| {r['impl']} | {r['batch']} | {cell(r['train'], r['train_vs_torch'])} | "
+                         f"{cell(r['eval'], r['eval_vs_torch'])} | {num(r['train_gflops'])} | "
+                         f"{num(r['eval_gflops'])} | {num(r['compile_s'], '{:.1f}')} |")
+        lines.append("")
+    if report["notes"]:
+        lines += ["Notes:", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def chart(report: dict, path: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    malloc = report["malloc_settings"][-1]
+    rows = [r for r in report["rows"] if r["malloc"] == malloc]
+    batches = sorted({r["batch"] for r in rows})
+    names = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) * len(batches) + 1.5), sharey=True)
+    for ax, what in zip(axes, ("train", "eval")):
+        labels, values, colors = [], [], []
+        for name in names:
+            for batch in batches:
+                r = next((r for r in rows if r["impl"] == name and r["batch"] == batch), None)
+                labels.append(f"{name}, b{batch}")
+                values.append((r or {}).get(what) or 0)
+                colors.append("tab:orange" if name.startswith("PyTorch") else
+                              "tab:green" if r and r["default"] else "tab:blue")
+        ax.barh(range(len(values)), values, color=colors)
+        for i, v in enumerate(values):
+            if v:
+                ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes[0].invert_yaxis()  # the axes share y: invert once
+        ax.set_xlabel("images/s" + (" (training, Adam step included)" if what == "train" else " (evaluation)"))
+    fig.suptitle(f"Study CNN on {report['machine']['cpus']} CPUs, malloc {malloc} "
+                 "(orange PyTorch, green our CPU default)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per variant (half for eval)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--malloc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--malloc", choices=("tuned", "default", "both"), default="tuned",
+                        help="allocator setting of the children (default: mallopt tuned, as `python -m emnist_jax.cnn`)")
+    parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--compile-timeout", type=float, default=400.0,
+                        help="seconds allowed to the torch.compile child before it is skipped")
+    parser.add_argument("--out", default=os.path.join("reports", "performance"), help="folder for cpu.json/.md/.png")
+    parser.add_argument("--child", choices=("jax", "torch", "torch-compile"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    import jax
 
-    print(f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} CPUs")
-    for malloc in (False, True):
-        command = [sys.executable, __file__, "--child", "--seconds", str(args.seconds), "--batches",
-                   *map(str, args.batches)] + (["--malloc"] if malloc else []) + (["--no-torch"] if args.no_torch else [])
-        rows = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        print(f"\nmalloc: {'tuned (mallopt)' if malloc else 'glibc default'}")
-        print(f"{'variant':34s} {'batch':>5s} {'train img/s':>12s} {'eval img/s':>11s} {'compile s':>9s}  vs torch")
-        torch_train = {r["batch"]: r["train"] for r in rows if r["impl"].startswith("torch")}
-        for r in rows:
-            ratio = r["train"] / torch_train[r["batch"]] if r["batch"] in torch_train else float("nan")
-            print(f"{r['impl']:34s} {r['batch']:5d} {r['train']:12.0f} "
-                  f"{r['eval'] if r['eval'] is not None else float('nan'):11.0f} "
-                  f"{r['compile_s'] if r['compile_s'] is not None else float('nan'):9.2f}  {ratio:5.2f}x")
+    try:
+        import torch  # noqa: F401
+
+        has_torch = not args.no_torch
+    except ImportError:
+        has_torch = False
+    notes = [] if has_torch or args.no_torch else ["PyTorch not installed (pip install -e '.[peers]'): no ratios"]
+    settings = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
+    rows, peaks, children = [], {}, []
+    for malloc in settings:
+        kinds = ["jax"] + (["torch"] if has_torch else []) + \
+                (["torch-compile"] if has_torch and not args.no_torch_compile else [])
+        for kind in kinds:
+            print(f"malloc {malloc}: {kind} ...", flush=True)
+            out = run_child(kind, malloc, args, timeout=args.compile_timeout if kind == "torch-compile" else None)
+            if "note" in out:
+                notes.append(f"malloc {malloc}, {out['note']}")
+                print("  " + out["note"], flush=True)
+                if kind == "jax":
+                    raise SystemExit(out["note"])
+            if "peak" in out:
+                peaks[malloc] = out["peak"]["gflops"]
+            children.append({"kind": kind, "malloc": malloc, "mallopt_applied": out.get("mallopt_applied"),
+                             "seconds": out.get("seconds")})
+            rows += [dict(r, malloc=malloc) for r in out["rows"]]
+    order = {"PyTorch eager, channels_last": 0, "PyTorch torch.compile, channels_last": 1}
+    rows.sort(key=lambda r: (settings.index(r["malloc"]), order.get(r["impl"], 2)))
+    for malloc in settings:
+        with_ratios([r for r in rows if r["malloc"] == malloc], peaks.get(malloc))
+    for r in rows:
+        if r["default"]:
+            notes.append(f"malloc {r['malloc']}, batch {r['batch']}: compiling the CPU default's training program "
+                         f"took {r['compile_s']:.1f} s; train_and_evaluate reports it as compile_seconds, before "
+                         "epoch 1, outside every epoch's images/s")
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python benchmarks/side_by_side_cnn.py " + " ".join(sys.argv[1:]),
+        "machine": dict(machine(), load_average_at_end=os.getloadavg()),
+        "versions": versions(),
+        "malloc_settings": settings,
+        "malloc_meaning": {"default": "glibc's defaults", "tuned": "mallopt(M_MMAP_MAX, 0), "
+                           "mallopt(M_TRIM_THRESHOLD, 1 GiB) in every child (emnist_jax.cnn.malloc.tune_malloc)"},
+        "mflop_per_image": {"train": TRAIN_MFLOP, "eval": FORWARD_MFLOP},
+        "matmul_peak_gflops": peaks,
+        "seconds_per_variant": args.seconds,
+        "children": children,
+        "rows": rows,
+        "notes": notes,
+    }
+    write_atomic(os.path.join(args.out, "cpu.json"), (json.dumps(report, indent=1) + "\n").encode())
+    text = markdown(report)
+    write_atomic(os.path.join(args.out, "cpu.md"), text.encode())
+    chart(report, os.path.join(args.out, "cpu.png"))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ BACKEND_DEFAULTS = {
 UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this backend: XLA's own choices")
 
 
+def available_conv_impls() -> tuple[str, ...]:
+    """The convolution forms that can run in this installation."""
+    return CONV_IMPLS
+
+
 class ConfigError(ValueError):
     """A configuration value out of its range; ``field`` names it, the message is one line."""
 
