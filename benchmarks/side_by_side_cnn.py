@@ -319,8 +319,8 @@ def chart(report: dict, path: str) -> None:
             if v:
                 ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    axes[0].invert_yaxis()  # the axes share y: invert once
         ax.set_xlabel("images/s" + (" (training, Adam step included)" if what == "train" else " (evaluation)"))
+    axes[0].invert_yaxis()  # the axes share y: invert once
     fig.suptitle(f"Study CNN on {report['machine']['cpus']} CPUs, malloc {malloc} "
                  "(orange PyTorch, green our CPU default)", fontsize=9)
     fig.tight_layout()
