@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 
-CONV_IMPLS = ("xla", "slices")
+CONV_IMPLS = ("xla", "slices", "onednn")   # "onednn": CPU only, with the optional extra (cnn/onednn.py)
 LOOPS = ("scan", "unroll")
 PROTOCOLS = ("study", "official")
 MAX_SEED = 2**32 - 1   # sklearn's random_state and a 32-bit PRNG seed both stop here
@@ -49,10 +49,25 @@ BACKEND_DEFAULTS = {
 
 UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this backend: XLA's own choices")
 
+#: The CPU's choice where oneDNN's convolution is installed (``pip install -e '.[onednn]'``);
+#: without it the CPU falls back to BACKEND_DEFAULTS["cpu"].
+CPU_ONEDNN = BackendDefaults(
+    "onednn", 4, "unroll",
+    "measured on the 2-core development machine (/tmp/quick_bench-style loop over train_calls, mallopt tuned, "
+    "beside the lead's jobs, load ~3): onednn K=4 unrolled 1,437 images/s at batch 64 and 1,294 at 256 against "
+    "760 / 788 for slices K=4 in the same run")
+
+
+def onednn_available() -> bool:
+    """True where oneDNN's convolution can run here (imports JAX; builds the extension on first call)."""
+    from emnist_jax.cnn import onednn
+
+    return onednn.available()
+
 
 def available_conv_impls() -> tuple[str, ...]:
-    """The convolution forms that can run in this installation."""
-    return CONV_IMPLS
+    """The convolution forms that can run in this installation ("onednn" only where it is built)."""
+    return CONV_IMPLS if onednn_available() else tuple(c for c in CONV_IMPLS if c != "onednn")
 
 
 class ConfigError(ValueError):
@@ -105,7 +120,7 @@ class TrainConfig:
     holdout_fraction: float = 0.33
     seed: int = 0
     eval_batch_size: int = 1024
-    conv_impl: str = "auto"               # "xla", "slices" or "auto" (per backend)
+    conv_impl: str = "auto"               # "xla", "slices", "onednn" (CPU) or "auto" (per backend)
     steps_per_call: int | None = None     # K steps per jitted call; None = per backend
     loop: str | None = None               # "scan" or "unroll" the K steps; None = per backend
     log_every: int = 50                   # host syncs (progress-bar updates) every N calls
@@ -130,12 +145,25 @@ class TrainConfig:
 
     def resolved(self, backend: str | None = None) -> "TrainConfig":
         """Fill the per-backend choices (:data:`BACKEND_DEFAULTS`) for ``backend`` ("cpu", "gpu",
-        "tpu"; default: JAX's default backend). Fields set explicitly are kept."""
+        "tpu"; default: JAX's default backend). Fields set explicitly are kept. On the CPU, "auto"
+        takes oneDNN's convolution (:data:`CPU_ONEDNN`) where it is installed and builds, else
+        BACKEND_DEFAULTS["cpu"]; ``conv_impl="onednn"`` where it cannot run is a :class:`ConfigError`
+        saying why."""
         if backend is None:
             import jax
 
             backend = jax.default_backend()
         defaults = BACKEND_DEFAULTS.get(backend, UNKNOWN_BACKEND)
+        if self.conv_impl == "onednn":
+            if backend != "cpu":
+                raise ConfigError("conv_impl", f"'onednn' runs on the CPU only, this backend is {backend!r}")
+            from emnist_jax.cnn import onednn
+
+            if not onednn.available():
+                raise ConfigError("conv_impl", f"'onednn' cannot run here: {onednn.unavailable_reason()}")
+            defaults = CPU_ONEDNN
+        elif backend == "cpu" and self.conv_impl == "auto" and onednn_available():
+            defaults = CPU_ONEDNN
         return dataclasses.replace(
             self,
             conv_impl=defaults.conv_impl if self.conv_impl == "auto" else self.conv_impl,

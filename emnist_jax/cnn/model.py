@@ -4,11 +4,13 @@ Conv 32/64/128 (3x3, 'same') each followed by LeakyReLU(0.1) and 2x2 max-pool ('
 padding: 28 -> 14 -> 7 -> 4), Dense 128, LeakyReLU, Dense logits. Kernels are Glorot-uniform
 and biases zero, as Keras' defaults (drawn on the host by :func:`initial_params`). 362,942 parameters for 62 classes.
 
-Two interchangeable ways to compute the same layers (same parameters, same numbers to float
+Interchangeable ways to compute the same layers (same parameters, same numbers to float
 rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
 - ``"xla"``: ``lax.conv_general_dilated``, XLA's native convolution (fast on GPU/TPU);
 - ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, whose
-  weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``.
+  weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``;
+- ``"onednn"`` (CPU, optional extra): oneDNN's direct convolution with bias and LeakyReLU fused,
+  forward, input and weight gradients each one oneDNN call (``emnist_jax.cnn.onednn``).
 Max-pooling is a reshape and a max in both (``reduce_window``'s backward pass was half of the
 step time on CPU).
 """
@@ -55,15 +57,22 @@ def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class Conv3x3(nn.Module):
+    """'same' 3x3 convolution, bias and LeakyReLU(``slope``)."""
+
     features: int
     impl: str = "xla"
+    slope: float = 0.1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.glorot_uniform(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        if self.impl == "onednn":
+            from emnist_jax.cnn.onednn import conv3x3_bias_leaky
+
+            return conv3x3_bias_leaky(x, kernel, bias, self.slope)
         conv = conv3x3_slices if self.impl == "slices" else conv3x3_xla
-        return conv(x, kernel) + bias
+        return nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope)
 
 
 class StudyCNN(nn.Module):
@@ -75,8 +84,7 @@ class StudyCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for features in FILTERS:
-            x = Conv3x3(features, impl=self.conv_impl)(x)
-            x = max_pool_same(nn.leaky_relu(x, negative_slope=0.1))
+            x = max_pool_same(Conv3x3(features, impl=self.conv_impl)(x))
         x = x.reshape(x.shape[0], -1)  # flatten H, W, C as Keras does (NHWC)
         dense = nn.Dense(HIDDEN, kernel_init=nn.initializers.glorot_uniform())(x)
         x = nn.leaky_relu(dense, negative_slope=0.1)

@@ -1,0 +1,161 @@
+"""The study's 3x3 convolutions through oneDNN (the library behind PyTorch's CPU convolutions), CPU only.
+
+Optional: ``pip install -e '.[onednn]'`` installs oneDNN's wheels (``onednn``, ``onednn-devel``:
+``libdnnl.so`` and its headers under ``sys.prefix``). On first use this module compiles
+``onednn_conv.cc`` with ``g++`` (about 10 s) against them and JAX's XLA FFI headers into a cache
+folder (``$EMNIST_JAX_ONEDNN_CACHE``, default ``~/.cache/emnist_jax/onednn``; the file's name carries a
+hash of the source and the versions, so a changed source or JAX builds anew) and registers three FFI
+targets. Where anything is missing, :func:`available` is False and :func:`unavailable_reason` says
+why in one line; ``conv_impl="auto"`` then falls back to the XLA forms. ``EMNIST_JAX_ONEDNN=0``
+turns it off.
+
+:func:`conv3x3_bias_leaky` is ``leaky_relu(conv(x, w) + b)`` with a ``jax.custom_vjp``: the forward
+is one oneDNN call (bias and LeakyReLU fused as a post-op), the backward multiplies the cotangent by
+the LeakyReLU slope read off the output's sign (y >= 0 where x >= 0), then one oneDNN call for dx and one for (dw, db).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+TARGETS = {"onednn_conv_fwd": "OnednnConvForward", "onednn_conv_bwd_data": "OnednnConvBackwardData",
+           "onednn_conv_bwd_weights": "OnednnConvBackwardWeights"}
+
+
+class OnednnUnavailable(RuntimeError):
+    """oneDNN's convolution cannot run here; the message says why in one line."""
+
+
+def _prefix() -> str:
+    return os.environ.get("EMNIST_JAX_ONEDNN_ROOT", sys.prefix)
+
+
+def cache_folder() -> str:
+    return os.environ.get("EMNIST_JAX_ONEDNN_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "emnist_jax", "onednn"))
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def build(folder: str | None = None) -> str:
+    """Path of the compiled extension, compiling it first when the cache holds none for this source."""
+    prefix = _prefix()
+    header = os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp")
+    library = os.path.join(prefix, "lib", "libdnnl.so")
+    if os.environ.get("EMNIST_JAX_ONEDNN", "1") == "0":
+        raise OnednnUnavailable("turned off by EMNIST_JAX_ONEDNN=0")
+    if not (os.path.exists(header) and os.path.exists(library)):
+        raise OnednnUnavailable(f"oneDNN not found under {prefix} (pip install -e '.[onednn]')")
+    compiler = os.environ.get("CXX") or shutil.which("g++")
+    if not compiler:
+        raise OnednnUnavailable("no C++ compiler (g++ or $CXX) to build the oneDNN extension")
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    lib = os.path.join(prefix, "lib")
+    # DT_RPATH (not RUNPATH): it also finds libdnnl.so's own dependencies (libtbb, libsycl, ...),
+    # which the wheels put beside it without a RUNPATH of their own
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-Wl,--disable-new-dtags,-rpath,{lib}"]
+    with open(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl_version.h"), "rb") as f:
+        source += f.read()   # the oneDNN release
+    key = hashlib.sha256(source + f"{jax.__version__} {_version('jaxlib')} {prefix} {flags}".encode())
+    folder = folder or cache_folder()
+    path = os.path.join(folder, f"onednn_conv-{key.hexdigest()[:16]}.so")
+    if os.path.exists(path):
+        return path
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".onednn_conv-", suffix=".so", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise OnednnUnavailable(f"cache folder {folder} not writable: {e.strerror}") from None
+    command = [compiler, *flags, "-I", jax.ffi.include_dir(), "-I", os.path.join(prefix, "include"), SOURCE,
+               "-L", lib, "-ldnnl", "-o", tmp]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OnednnUnavailable(f"compiling {SOURCE} failed: {last[:300]}")
+    os.replace(tmp, path)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> str | None:
+    """Build, load and register once per process; None on success, else the reason."""
+    try:
+        path = build()
+    except OnednnUnavailable as e:
+        return str(e)
+    except Exception as e:  # any surprise in building: fall back, never break training
+        return f"building the oneDNN extension failed: {type(e).__name__}: {e}"
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as e:
+        return f"loading {path} failed: {e}"
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """True where the oneDNN convolution can run (building it on first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    return _load()
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise OnednnUnavailable(reason)
+
+
+def _forward(x, w, b, slope: float):
+    n, h, wd, _ = x.shape
+    call = jax.ffi.ffi_call("onednn_conv_fwd", jax.ShapeDtypeStruct((n, h, wd, w.shape[-1]), x.dtype))
+    return call(x, w, b, slope=np.float32(slope))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv3x3_bias_leaky(x, w, b, slope: float = 0.1):
+    """``leaky_relu(conv3x3_same(x, w) + b, slope)``; x (N, H, W, C), w (3, 3, C, O), b (O,), float32."""
+    _require()
+    return _forward(x, w, b, slope)
+
+
+def _fwd(x, w, b, slope):
+    _require()
+    y = _forward(x, w, b, slope)
+    return y, (x, w, y)
+
+
+def _bwd(slope, residuals, dy):
+    x, w, y = residuals
+    dpre = dy * jnp.where(y >= 0, 1.0, slope).astype(dy.dtype)   # LeakyReLU's gradient, from the output's sign
+    dx = jax.ffi.ffi_call("onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype))(dpre, w)
+    dw, db = jax.ffi.ffi_call("onednn_conv_bwd_weights", (jax.ShapeDtypeStruct(w.shape, w.dtype),
+                                                          jax.ShapeDtypeStruct(w.shape[-1:], w.dtype)))(x, dpre)
+    return dx, dw, db
+
+
+conv3x3_bias_leaky.defvjp(_fwd, _bwd)

@@ -1,0 +1,241 @@
+// 'same' 3x3 convolutions of the study's CNN through oneDNN, as XLA FFI handlers (CPU).
+//
+// Built on first use by emnist_jax/cnn/onednn.py (g++ into a cache folder) when the optional
+// extra `onednn` is installed; the Python side wraps the three handlers in a jax.custom_vjp.
+//
+//   onednn_conv_fwd(x NHWC, w HWIO, b O; slope)  -> y = leaky_relu(conv(x, w) + b, slope)   NHWC
+//   onednn_conv_bwd_data(dy NHWC, w HWIO)        -> dx                                       NHWC
+//   onednn_conv_bwd_weights(x NHWC, dy NHWC)     -> (dw HWIO, db O)
+//
+// Activations stay in NHWC (oneDNN's nhwc: what PyTorch's channels_last uses); weights are
+// reordered between HWIO and the layout the primitive picked. Primitives are made once per shape
+// and kept; every call runs on a thread-local stream.
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+float* Scratch(size_t bytes, int slot) {
+  thread_local std::vector<float> buffers[2];
+  auto& buffer = buffers[slot];
+  if (buffer.size() * sizeof(float) < bytes) buffer.resize(bytes / sizeof(float) + 1);
+  return buffer.data();
+}
+
+struct Shape {
+  memory::dim n, h, w, c, o;
+  auto tuple() const { return std::make_tuple(n, h, w, c, o); }
+  bool operator<(const Shape& other) const { return tuple() < other.tuple(); }
+  memory::desc src() const { return memory::desc({n, c, h, w}, dt::f32, tag::nhwc); }
+  memory::desc dst() const { return memory::desc({n, o, h, w}, dt::f32, tag::nhwc); }
+  memory::desc weights(tag t) const { return memory::desc({o, c, 3, 3}, dt::f32, t); }
+  memory::desc bias() const { return memory::desc({o}, dt::f32, tag::x); }
+};
+
+const memory::dims kStrides{1, 1}, kPad{1, 1};
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s, float slope) {
+  dnnl::post_ops ops;
+  ops.append_eltwise(dnnl::algorithm::eltwise_relu, slope, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, s.src(),
+      s.weights(tag::any), s.bias(), s.dst(), kStrides, kPad, kPad, attr);
+}
+
+struct Forward {
+  dnnl::convolution_forward conv;
+  memory::desc weights;
+  dnnl::reorder to_weights;   // HWIO -> the primitive's layout
+  bool reorder;
+};
+
+struct BackwardData {
+  dnnl::convolution_backward_data conv;
+  memory::desc weights;
+  dnnl::reorder to_weights;
+  bool reorder;
+};
+
+struct BackwardWeights {
+  dnnl::convolution_backward_weights conv;
+  memory::desc weights;
+  dnnl::reorder from_weights;  // the primitive's layout -> HWIO
+  bool reorder;
+};
+
+template <typename T>
+T& Cached(const Shape& s, float slope, T (*make)(const Shape&, float)) {
+  static std::mutex mutex;
+  static std::map<std::pair<Shape, float>, std::unique_ptr<T>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[{s, slope}];
+  if (!entry) entry = std::make_unique<T>(make(s, slope));
+  return *entry;
+}
+
+Forward MakeForward(const Shape& s, float slope) {
+  auto pd = ForwardDesc(s, slope);
+  auto user = s.weights(tag::hwio);
+  bool reorder = pd.weights_desc() != user;
+  dnnl::reorder r;
+  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
+  return {dnnl::convolution_forward(pd), pd.weights_desc(), r, reorder};
+}
+
+BackwardData MakeBackwardData(const Shape& s, float) {
+  auto hint = ForwardDesc(s, 0.f);
+  auto pd = dnnl::convolution_backward_data::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.weights(tag::any), s.dst(), kStrides, kPad,
+      kPad, hint);
+  auto user = s.weights(tag::hwio);
+  bool reorder = pd.weights_desc() != user;
+  dnnl::reorder r;
+  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
+  return {dnnl::convolution_backward_data(pd), pd.weights_desc(), r, reorder};
+}
+
+BackwardWeights MakeBackwardWeights(const Shape& s, float) {
+  auto hint = ForwardDesc(s, 0.f);
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.weights(tag::any), s.bias(), s.dst(), kStrides,
+      kPad, kPad, hint);
+  auto user = s.weights(tag::hwio);
+  bool reorder = pd.diff_weights_desc() != user;
+  dnnl::reorder r;
+  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(), user));
+  return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), r, reorder};
+}
+
+ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, Shape* s) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || wd[0] != 3 || wd[1] != 3 || wd[2] != xd[3])
+    return ffi::Error::InvalidArgument("onednn conv: expected x (N, H, W, C) and w (3, 3, C, O)");
+  *s = Shape{xd[0], xd[1], xd[2], xd[3], wd[3]};
+  return ffi::Error::Success();
+}
+
+memory Wrap(const memory::desc& md, const void* data) {
+  return memory(md, Engine(), const_cast<void*>(data));
+}
+
+ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, float slope,
+                       ffi::ResultBuffer<ffi::F32> y) {
+  Shape s;
+  if (auto e = Check(x, w, &s); e.failure()) return e;
+  try {
+    auto& f = Cached<Forward>(s, slope, MakeForward);
+    auto& stream = Stream();
+    memory weights = Wrap(s.weights(tag::hwio), w.typed_data());
+    if (f.reorder) {
+      memory blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
+      f.to_weights.execute(stream, weights, blocked);
+      weights = blocked;
+    }
+    f.conv.execute(stream, {{DNNL_ARG_SRC, Wrap(s.src(), x.typed_data())},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, Wrap(s.bias(), b.typed_data())},
+                            {DNNL_ARG_DST, Wrap(s.dst(), y->typed_data())}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx) {
+  auto dd = dx->dimensions();
+  auto wd = w.dimensions();
+  if (dd.size() != 4 || wd.size() != 4 || wd[2] != dd[3])
+    return ffi::Error::InvalidArgument("onednn conv backward data: expected dx (N, H, W, C) and w (3, 3, C, O)");
+  Shape s{dd[0], dd[1], dd[2], dd[3], wd[3]};
+  try {
+    auto& f = Cached<BackwardData>(s, 0.f, MakeBackwardData);
+    auto& stream = Stream();
+    memory weights = Wrap(s.weights(tag::hwio), w.typed_data());
+    if (f.reorder) {
+      memory blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
+      f.to_weights.execute(stream, weights, blocked);
+      weights = blocked;
+    }
+    f.conv.execute(stream, {{DNNL_ARG_DIFF_DST, Wrap(s.dst(), dy.typed_data())},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_DIFF_SRC, Wrap(s.src(), dx->typed_data())}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv backward data: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                               ffi::ResultBuffer<ffi::F32> db) {
+  auto xd = x.dimensions();
+  auto wd = dw->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || wd[2] != xd[3])
+    return ffi::Error::InvalidArgument("onednn conv backward weights: expected x (N, H, W, C), dw (3, 3, C, O)");
+  Shape s{xd[0], xd[1], xd[2], xd[3], wd[3]};
+  try {
+    auto& f = Cached<BackwardWeights>(s, 0.f, MakeBackwardWeights);
+    auto& stream = Stream();
+    memory user = Wrap(s.weights(tag::hwio), dw->typed_data());
+    memory weights = f.reorder ? Wrap(f.weights, Scratch(f.weights.get_size(), 1)) : user;
+    f.conv.execute(stream, {{DNNL_ARG_SRC, Wrap(s.src(), x.typed_data())},
+                            {DNNL_ARG_DIFF_DST, Wrap(s.dst(), dy.typed_data())},
+                            {DNNL_ARG_DIFF_WEIGHTS, weights},
+                            {DNNL_ARG_DIFF_BIAS, Wrap(s.bias(), db->typed_data())}});
+    if (f.reorder) f.from_weights.execute(stream, weights, user);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv backward weights: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("slope")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, ConvBackwardData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, ConvBackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,132 @@
+"""The convolution choices of the study's CNN: every one computes the plain XLA network's numbers,
+the choice can be forced, and oneDNN's (an optional extra) falls back cleanly where it is missing.
+
+Tests that run oneDNN's convolution are skipped, with the reason, where it cannot be built
+(``pip install -e '.[onednn]'`` installs it); the fallback tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emnist_jax.cnn import TrainConfig
+from emnist_jax.cnn import config as config_module
+from emnist_jax.cnn import onednn
+from emnist_jax.cnn.config import BACKEND_DEFAULTS, CPU_ONEDNN, ConfigError
+from emnist_jax.cnn.model import conv3x3_xla
+from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
+
+ONEDNN = onednn.available() and jax.default_backend() == "cpu"
+needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN convolution unavailable here: "
+                                                     f"{onednn.unavailable_reason() or 'not a CPU backend'}")
+IMPLS = ["xla", "slices", pytest.param("onednn", marks=needs_onednn)]
+
+
+# ---- choosing and falling back (no oneDNN needed) ----------------------------------------------
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_auto_takes_onednn_on_the_cpu_only_where_it_runs(monkeypatch, installed):
+    monkeypatch.setattr(config_module, "onednn_available", lambda: installed)
+    cpu = TrainConfig().resolved("cpu")
+    expected = CPU_ONEDNN if installed else BACKEND_DEFAULTS["cpu"]
+    assert (cpu.conv_impl, cpu.steps_per_call, cpu.loop) == (expected.conv_impl, expected.steps_per_call,
+                                                             expected.loop)
+    gpu = TrainConfig().resolved("gpu")
+    assert gpu.conv_impl == BACKEND_DEFAULTS["gpu"].conv_impl          # never oneDNN off the CPU
+    forced = TrainConfig(conv_impl="slices").resolved("cpu")
+    assert forced.conv_impl == "slices"                                 # an explicit choice wins
+
+
+def test_forcing_onednn_where_it_cannot_run_says_why(monkeypatch):
+    monkeypatch.setattr(onednn, "_load", lambda: "oneDNN not found under /nowhere")
+    with pytest.raises(ConfigError, match="'onednn' cannot run here: oneDNN not found under /nowhere") as e:
+        TrainConfig(conv_impl="onednn").resolved("cpu")
+    assert e.value.field == "conv_impl"
+    with pytest.raises(ConfigError, match="CPU only"):
+        TrainConfig(conv_impl="onednn").resolved("gpu")
+    with pytest.raises(onednn.OnednnUnavailable, match="/nowhere"):
+        onednn.conv3x3_bias_leaky(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 2)), jnp.zeros(2))
+
+
+def test_build_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMNIST_JAX_ONEDNN_ROOT", str(tmp_path))
+    with pytest.raises(onednn.OnednnUnavailable, match=f"oneDNN not found under {tmp_path}.*onednn"):
+        onednn.build(str(tmp_path / "cache"))
+    monkeypatch.setenv("EMNIST_JAX_ONEDNN", "0")
+    with pytest.raises(onednn.OnednnUnavailable, match="EMNIST_JAX_ONEDNN=0"):
+        onednn.build(str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_turned_off_the_cpu_default_is_the_xla_fallback():
+    code = ("from emnist_jax.cnn import TrainConfig\nfrom emnist_jax.cnn import onednn\n"
+            "c = TrainConfig().resolved('cpu')\nprint(c.conv_impl, c.steps_per_call, c.loop, onednn.available())")
+    env = dict(os.environ, EMNIST_JAX_ONEDNN="0")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cpu = BACKEND_DEFAULTS["cpu"]
+    assert done.stdout.split() == [cpu.conv_impl, str(cpu.steps_per_call), cpu.loop, "False"]
+
+
+# ---- same numbers on every choice ---------------------------------------------------------------
+
+@needs_onednn
+@pytest.mark.parametrize("n, side, c, o", [(4, 28, 1, 32), (4, 14, 32, 64), (3, 7, 64, 128)])
+def test_onednn_layer_matches_xla_forward_and_gradients(n, side, c, o):
+    """The network's three convolutions (bias + LeakyReLU fused): output and all three gradients."""
+    rng = np.random.default_rng(side)
+    x, w, b, dy = (rng.normal(size=s).astype(np.float32) for s in ((n, side, side, c), (3, 3, c, o), (o,),
+                                                                    (n, side, side, o)))
+
+    def plain(x, w, b):
+        y = conv3x3_xla(x, w) + b
+        return jnp.where(y >= 0, y, 0.1 * y)
+
+    y_ref, vjp_ref = jax.vjp(plain, x, w, b)
+    y, vjp = jax.vjp(lambda x, w, b: onednn.conv3x3_bias_leaky(x, w, b, 0.1), x, w, b)
+    scale = np.abs(y_ref).max()
+    np.testing.assert_allclose(y, y_ref, atol=1e-5 * scale)
+    for ours, ref in zip(vjp(dy), vjp_ref(dy)):
+        np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 62, 64).astype(np.int32))
+    index = jnp.asarray(np.tile(rng.permutation(64)[:8].astype(np.int32), (4, 1, 1)))  # 4 calls, the same 8 images
+    return images, labels, index
+
+
+def trajectory(conv_impl: str, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step training losses of 4 Adam steps from the same parameters, and the final parameters."""
+    images, labels, index = batches
+    config = TrainConfig(conv_impl=conv_impl, steps_per_call=1, loop="unroll", batch_size=8).resolved("cpu")
+    state, mesh, losses = create_state(config, 62, 0), make_mesh(), []
+    for call in range(index.shape[0]):
+        state, sums = train_calls(state, images, labels, index, call, zero_sums(), mesh=mesh, loop="unroll")
+        losses.append(float(sums["loss"]) / 8)
+    return np.array(losses), np.concatenate([np.ravel(p) for p in jax.tree.leaves(state.params)])
+
+
+@pytest.fixture(scope="module")
+def xla_trajectory(batches):
+    return trajectory("xla", batches)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's convolution choices")
+@pytest.mark.parametrize("conv_impl", IMPLS)
+def test_every_convolution_trains_the_same_network(conv_impl, batches, xla_trajectory):
+    losses, params = trajectory(conv_impl, batches)
+    ref_losses, ref_params = xla_trajectory
+    assert losses[-1] < losses[0]                                   # it learns the 8 images
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert np.linalg.norm(params - ref_params) / np.linalg.norm(ref_params) < 1e-5
