@@ -16,9 +16,11 @@ Defects of the study fixed openly: every split and forest takes a seed; one spli
 once and shared by every k and n (the study re-drew both per point, mixing feature effects with
 split noise); labels are flat. Pixels are in the files' (transposed) order, as in the study.
 
-Memory at ByClass size (35,000 training rows, 62 classes): one fully grown forest of 100 trees
-holds ~1.3 GB of node arrays, so forests are grown, scored and dropped 10 trees at a time
-(:func:`forest_accuracy`), with results identical to one ordinary fit.
+Memory and cores (35,000 training rows, 62 classes): one fully grown forest of 100 trees holds
+~1.3 GB of node arrays, so forests are grown, scored and dropped a few trees at a time
+(:func:`forest_accuracy`), with results identical to one ordinary fit; and the forests of a study
+grow side by side, one core each (:func:`grow_forests`), so no core waits for the slowest tree
+of a batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
+import threading
 import time
 import warnings
 from typing import Callable
@@ -74,14 +78,41 @@ def _timed(function: Callable):
 
 # ---- mutual information -------------------------------------------------------------------------
 
+#: rows of sklearn's noise drawn at a time by :func:`sklearn_mutual_information`
+NOISE_ROWS = 4096
+
+
 def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = False, seed: int = 0,
                                n_jobs: int | None = None) -> np.ndarray:
     """``mutual_info_classif`` (nats). ``discrete=False`` is the study's call: k-NN estimator, 3 neighbours.
 
     ``n_jobs`` spreads the pixels over processes; the result does not depend on it (the noise
     sklearn adds to continuous features is drawn once, before the pixels are split).
+
+    For non-negative pixels (the study's case) the k-NN call is sklearn's own preparation done
+    in place: one float64 copy of X, scaled, its noise drawn ``NOISE_ROWS`` rows at a time from the
+    same stream, then sklearn's per-pixel estimator. Bit for bit ``mutual_info_classif``
+    (tests/test_baselines.py), with one copy of X where sklearn's holds four (1.2 GB at the study's
+    50,000 x 784).
     """
-    return mutual_info_classif(X, np.ravel(y), discrete_features=discrete, random_state=seed, n_jobs=n_jobs)
+    X = np.asarray(X)
+    y = np.ravel(y)
+    if discrete or X.ndim != 2 or not X.size or X.min() < 0:
+        return mutual_info_classif(X, y, discrete_features=discrete, random_state=seed, n_jobs=n_jobs)
+    from joblib import Parallel, delayed
+    from sklearn.feature_selection._mutual_info import _compute_mi
+    from sklearn.preprocessing import scale
+    from sklearn.utils import check_random_state
+
+    rng = check_random_state(seed)
+    # Fortran order: sklearn scales and averages X[:, mask], which numpy lays out so (sums depend on it).
+    X = scale(np.asfortranarray(X, dtype=np.float64), with_mean=False, copy=False)
+    means = np.maximum(1, np.mean(X, axis=0))  # = sklearn's mean(|X|): X >= 0
+    for start in range(0, len(X), NOISE_ROWS):  # the stream sklearn draws at once, in row order
+        block = X[start:start + NOISE_ROWS]
+        block += 1e-10 * means * rng.standard_normal(size=block.shape)
+    mi = Parallel(n_jobs=n_jobs)(delayed(_compute_mi)(X[:, j], y, False, True, 3) for j in range(X.shape[1]))
+    return np.array(mi)
 
 
 def train_only_ranking(X: np.ndarray, y: np.ndarray, n_classes: int, test_size: float, seed: int,
@@ -189,9 +220,13 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
 #: classes holds ~1.3 GB of node arrays (2.35 M nodes, each with 62 float64 class fractions);
 #: 10 at a time hold ~130 MB
 FOREST_CHUNK = 10
+#: trees held at once by all the forests growing side by side (:func:`grow_forests`)
+TREES_IN_MEMORY = 20
 
 
 M_MMAP_THRESHOLD = -3            # glibc mallopt parameter
+_mmap_lock = threading.Lock()    # forests on several threads share the one process-wide setting
+_mmap_users = 0
 LARGE_BLOCK = 1 << 20            # blocks from mmap while forests grow
 GLIBC_MMAP_THRESHOLD_MAX = 32 << 20  # where glibc's own dynamic threshold ends up on 64-bit
 
@@ -213,23 +248,29 @@ def _large_blocks_from_mmap():
     import ctypes.util
     import sys
 
+    global _mmap_users
     mallopt = None
     if sys.platform.startswith("linux"):
         try:
             mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
         except (OSError, AttributeError):
             mallopt = None
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
+    with _mmap_lock:
+        _mmap_users += 1
+        if mallopt is not None and _mmap_users == 1:
+            mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
     try:
         yield
     finally:
-        if mallopt is not None:
-            mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
+        with _mmap_lock:
+            _mmap_users -= 1
+            if mallopt is not None and _mmap_users == 0:
+                mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
 
 
 def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
-                         seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                         seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK,
+                         stop: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(classes, test probabilities) of ``RandomForestClassifier(n_estimators, random_state=seed)``, ``chunk`` trees at a time.
 
     The trees are grown with scikit-learn's own ``warm_start``, which draws the seeds of the
@@ -237,6 +278,7 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
     each chunk's probabilities are added in tree order, as ``predict_proba`` adds them with
     ``n_jobs=1``, and the chunk's trees are dropped. The result is the forest's, bit for bit
     (tests/test_baselines.py); the memory held is ``chunk / n_estimators`` of the forest's.
+    ``stop``, when set, ends the work at the next chunk (:class:`ForestsStopped`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -249,6 +291,8 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
     grown = 0
     with _large_blocks_from_mmap(), ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:
         while grown < n_estimators:
+            if stop is not None and stop.is_set():
+                raise ForestsStopped
             forest.set_params(n_estimators=min(grown + chunk, n_estimators))
             forest.fit(X_train, y_train)
             if proba is None:
@@ -264,10 +308,52 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
 
 
 def forest_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                    n_estimators: int, seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK) -> float:
+                    n_estimators: int, seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK,
+                    stop: threading.Event | None = None) -> float:
     """Test accuracy of one seeded RandomForest, as ``forest.score``, holding ``chunk`` trees at a time."""
-    classes, proba = forest_predict_proba(X_train, y_train, X_test, n_estimators, seed, n_jobs, chunk)
+    classes, proba = forest_predict_proba(X_train, y_train, X_test, n_estimators, seed, n_jobs, chunk, stop)
     return float(np.mean(classes.take(np.argmax(proba, axis=1)) == np.asarray(y_test)))
+
+
+class ForestsStopped(Exception):
+    """A forest was stopped between two chunks because a sibling failed or the user interrupted."""
+
+
+def grow_forests(fits: list[Callable[..., float]], n_jobs: int | None, done: Callable[[int], None] | None = None
+                 ) -> list[float]:
+    """Run ``fit(chunk=, stop=)`` for each fit, side by side on ``n_jobs`` threads (one core each).
+
+    Each fit is one forest (:func:`forest_accuracy` with ``n_jobs=1``): a forest's trees do not
+    depend on how many threads grew them, so the results are those of one forest after another,
+    while no core idles at a batch's slowest tree. The trees held at once stay near
+    :data:`TREES_IN_MEMORY` (``chunk`` = that / threads). ``done(i)`` is called here, in this
+    thread, as fit ``i`` finishes (in any order). On an error or Ctrl-C the other forests stop at
+    their next chunk and the error is raised.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from joblib import effective_n_jobs
+
+    workers = max(1, min(effective_n_jobs(n_jobs), len(fits)))
+    chunk = max(1, min(FOREST_CHUNK, TREES_IN_MEMORY // workers))
+    stop = threading.Event()
+    results: list[float | None] = [None] * len(fits)
+    with _large_blocks_from_mmap(), ThreadPoolExecutor(workers, thread_name_prefix="forest") as pool:
+        pending = {pool.submit(fit, chunk=chunk, stop=stop): i for i, fit in enumerate(fits)}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    results[i] = future.result()
+                    if done:
+                        done(i)
+        except BaseException:
+            stop.set()
+            for future in pending:
+                future.cancel()
+            raise
+    return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +379,10 @@ def _check_range(values, upper: int, name: str) -> None:
 def rf_accuracy_vs_top_k(X: np.ndarray, y: np.ndarray, ranking: np.ndarray, ks, test_size: float = 0.3,
                          seed: int = 0, n_estimators: int = 100, n_jobs: int | None = -1,
                          progress: Progress = None, ranking_source: str = "given by the caller") -> TopKResult:
-    """RandomForest test accuracy using the top-k ranked pixels, for each k (``progress(k)`` after each)."""
+    """RandomForest test accuracy using the top-k ranked pixels, for each k (``progress(k)`` as each finishes).
+
+    The forests grow side by side (:func:`grow_forests`), each on one core.
+    """
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must be (samples, pixels), got shape {X.shape}")
@@ -302,13 +391,15 @@ def rf_accuracy_vs_top_k(X: np.ndarray, y: np.ndarray, ranking: np.ndarray, ks, 
     if ranking.shape != (X.shape[1],) or not np.array_equal(np.sort(ranking), np.arange(X.shape[1])):
         raise ValueError(f"ranking must be a permutation of all {X.shape[1]} pixels, got shape {ranking.shape}")
     X_train, X_test, y_train, y_test = study_split(X, np.ravel(y), test_size, seed)
-    accuracy = []
-    for k in ks:
+    ks = list(ks)
+
+    def fit(k: int, **kwargs) -> float:
         columns = ranking[:k]
-        accuracy.append(forest_accuracy(X_train[:, columns], y_train, X_test[:, columns], y_test,
-                                        n_estimators, seed, n_jobs))
-        if progress:
-            progress(k)
+        return forest_accuracy(X_train[:, columns], y_train, X_test[:, columns], y_test, n_estimators, seed,
+                               n_jobs=1, **kwargs)
+
+    accuracy = grow_forests([functools.partial(fit, k) for k in ks], n_jobs,
+                            done=(lambda i: progress(ks[i])) if progress else None)
     return TopKResult(np.asarray(ks), np.asarray(accuracy), len(y_train), len(y_test), n_estimators, ranking_source)
 
 
@@ -385,9 +476,10 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     nested against per-n fits, bit for bit).
 
     ``logreg_workers`` worker processes run the sklearn logistic regressions (one core each)
-    while the forests (``n_jobs`` threads) and the JAX fits run here; the results are the same
-    as in this process. Default: half the ``n_jobs`` cores, at most 4, none below
-    ``MIN_ROWS_FOR_PROCESSES`` training rows. ``progress(n)`` is called once per finished n, in order.
+    while the JAX fits, then the forests (side by side on ``n_jobs`` threads, :func:`grow_forests`)
+    run here; the results are the same as in this process. Default: half the ``n_jobs`` cores, at
+    most 4, none below ``MIN_ROWS_FOR_PROCESSES`` training rows. ``progress(n)`` is called once
+    per finished n, in any order.
     """
     from joblib import effective_n_jobs
 
@@ -419,33 +511,44 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     workers = min(logreg_workers, len(n_components))
     executor = None
     if workers >= 1:
-        from joblib.externals.loky import get_reusable_executor
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        executor = get_reusable_executor(max_workers=workers, timeout=60)
+        # Our own pool, started fresh ("spawn": this process runs JAX threads): joblib's reusable
+        # loky pool, taken here, was later handed to joblib.Parallel (sklearn's MI), which failed on it.
+        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         pending = {n: executor.submit(study_logreg_accuracy, scores[n][0], y_train, scores[n][1], y_test,
                                       logreg_max_iter) for n in n_components}
     rows = {"logreg": [], "converged": [], "rf": [], "jax": []}
     try:
-        for n in n_components:
+        for n in n_components:  # JAX, here, while the workers start on the regressions
             train, test = scores[n]
-            rows["rf"].append(forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs))
             scaler = StandardScaler().fit(train)
             params = logreg.ovr_fit(scaler.transform(train), y_index, len(classes))
             predicted = classes[np.asarray(logreg.ovr_predict(params, scaler.transform(test).astype(np.float32)))]
             rows["jax"].append(float((predicted == y_test).mean()))
-            if executor is None:
-                accuracy, converged = study_logreg_accuracy(train, y_train, test, y_test, logreg_max_iter)
+
+        def forest(n: int, **kwargs) -> float:
+            train, test = scores[n]
+            return forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs=1, **kwargs)
+
+        regressions = {}
+
+        def finished(i: int) -> None:  # a size is done when its forest and its regression are
+            n = n_components[i]
+            if executor is None:  # here, while the other forests grow
+                train, test = scores[n]
+                regressions[n] = study_logreg_accuracy(train, y_train, test, y_test, logreg_max_iter)
             else:
-                accuracy, converged = pending[n].result()
-            rows["logreg"].append(accuracy)
-            rows["converged"].append(converged)
+                regressions[n] = pending[n].result()
             if progress:
                 progress(n)
-    except BaseException:
-        if executor is not None:  # an error or Ctrl-C: do not wait for the queued regressions
-            for future in pending.values():
-                future.cancel()
-        raise
+
+        rows["rf"] = grow_forests([functools.partial(forest, n) for n in n_components], n_jobs, finished)
+        rows["logreg"], rows["converged"] = (list(column) for column in zip(*(regressions[n] for n in n_components)))
+    finally:
+        if executor is not None:  # after an error or Ctrl-C, without waiting for queued regressions
+            executor.shutdown(wait=False, cancel_futures=True)
     return PCASweepResult(np.asarray(n_components), np.asarray(rows["logreg"]), np.asarray(rows["converged"]),
                           np.asarray(rows["rf"]), np.asarray(rows["jax"]), len(y_train), len(y_test),
                           logreg_max_iter, svd_solver)

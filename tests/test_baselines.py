@@ -46,6 +46,39 @@ def test_rf_vs_top_k_is_seeded_and_uses_one_split(study_data):
     assert set(first.to_json()) == RF_KEYS and first.to_json()["n_estimators"] == 10
 
 
+def test_forests_side_by_side_are_the_forests_one_after_another(study_data):
+    X, y = study_data
+    ranking = rank_pixels(mutual_information(X, y, 62))
+    seen = []
+    together = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=7, n_jobs=2,
+                                              progress=seen.append)
+    X_train, X_test, y_train, y_test = baselines.study_split(X, y, 0.3, 0)
+    for k, accuracy in zip((2, 16, 64), together.accuracy):
+        columns = ranking[:k]
+        forest = RandomForestClassifier(n_estimators=7, random_state=0).fit(X_train[:, columns], y_train)
+        assert accuracy == forest.score(X_test[:, columns], y_test), k
+    assert sorted(seen) == [2, 16, 64]
+
+
+def test_a_failing_forest_stops_its_siblings():
+    import threading
+
+    started, stopped = threading.Event(), []
+
+    def slow(chunk, stop):
+        started.set()
+        stopped.append(chunk if stop.wait(10) else "never stopped")
+        raise baselines.ForestsStopped
+
+    def failing(chunk, stop):
+        started.wait()
+        raise MemoryError("no room for the trees")
+
+    with pytest.raises(MemoryError, match="no room"):
+        baselines.grow_forests([slow, failing], n_jobs=2)
+    assert stopped == [baselines.TREES_IN_MEMORY // 2]  # the sibling saw the stop and its chunk size
+
+
 def test_rf_ranking_sees_the_training_part_only(study_data):
     X, y = study_data
     X_train, _, y_train, _ = baselines.study_split(X, y, 0.3, 0)
@@ -86,6 +119,15 @@ def test_chunked_forest_is_the_forest(study_data):
     classes, proba = baselines.forest_predict_proba(X_train, y_train, X_test, 10, seed=3, n_jobs=2, chunk=3)
     np.testing.assert_array_equal(classes, forest.classes_)
     np.testing.assert_array_equal(proba, forest.predict_proba(X_test))  # same trees, same sums, bit for bit
+
+
+def test_lean_sklearn_mi_is_mutual_info_classif_bit_for_bit(study_data, monkeypatch):
+    X, y = study_data
+    X, y = np.column_stack([X[:300, 300:340], np.zeros(300, np.uint8)]), y[:300]  # + a blank pixel (std 0)
+    monkeypatch.setattr(baselines, "NOISE_ROWS", 64)  # noise drawn in 5 blocks, the last one short
+    expected = mutual_info_classif(X, y, discrete_features=False, n_neighbors=3, random_state=7)
+    np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=7, n_jobs=2), expected)
+    assert expected.max() > 0.1
 
 
 def test_sklearn_mi_is_the_studys_knn_estimator(three_pixels):
