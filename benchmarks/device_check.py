@@ -11,8 +11,11 @@ Installs nothing and downloads nothing: the data are the embedded default, tiled
    10 epochs, wall clock with compilation and evaluation included (issue 12's goal: <= 15 s on
    one H100);
 3. JAX mutual information over all 697,932 x 784 pixels, cold and warm;
-4. ``python -m emnist_jax.report --profile quick`` end to end;
-and writes ``reports/performance/<platform>-<device>.json`` and ``.md``.
+4. ``python -m emnist_jax.report --profile full`` end to end on a ByClass-sized ``.mat`` file
+   (benchmarks/make_byclass_sized.py), under ``/usr/bin/time -v`` where it exists (peak memory):
+   the JAX stages on the accelerator, scikit-learn on every CPU core;
+and writes ``reports/performance/<platform>-<device>.json`` and ``.md``, rewritten after each part,
+so a run stopped by a time limit keeps what it measured.
 
 Nothing here is measured on the 2-core development machine at full scale: run it where a GPU is.
 """
@@ -43,8 +46,9 @@ VARIANTS = [("xla", "unroll", 1), ("xla", "scan", 8), ("xla", "scan", 64), ("sli
 SCALES = {
     # rows of the variant runs, rows of the 10-epoch default run, epochs of that run
     "full": dict(variant_rows=300_000, default_rows=BYCLASS_TRAIN, default_epochs=10, mi_rows=BYCLASS_TRAIN,
-                 profile="quick"),
-    "tiny": dict(variant_rows=2_048, default_rows=4_096, default_epochs=1, mi_rows=4_096, profile="smoke"),
+                 profile="full", byclass_file=True),
+    "tiny": dict(variant_rows=2_048, default_rows=4_096, default_epochs=1, mi_rows=4_096, profile="smoke",
+                 byclass_file=False),
 }
 #: At tiny scale on a CPU, XLA-convolution steps under a scan ran at 18-26 images/s (a --scale tiny dry run):
 #: the dry run keeps one variant of each kind.
@@ -104,17 +108,35 @@ def measure_mi(dataset, rows: int) -> dict:
     return {"rows": rows, "pixels": X.shape[1], "cold_seconds": seconds[0], "warm_seconds": seconds[1]}
 
 
-def measure_report(profile: str) -> dict:
+def peak_memory_mb(time_log: str) -> float | None:
+    """Peak resident memory from ``/usr/bin/time -v`` output (the report process; not its workers)."""
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_log)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def measure_report(profile: str, byclass_file: bool, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "emnist_jax.report", "--profile", profile, "--out", f"{folder}/report"]
+        data = "default"
+        if byclass_file:
+            data = f"{folder}/emnist-byclass.mat"
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_byclass_sized.py"), data], check=True,
+                           cwd=ROOT)
+        command = [sys.executable, "-m", "emnist_jax.report", "--data", data, "--profile", profile,
+                   "--out", f"{folder}/report"]
+        timer = ["/usr/bin/time", "-v"] if os.path.exists("/usr/bin/time") else []
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        try:
+            done = subprocess.run(timer + command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            code, stderr = done.returncode, done.stderr
+        except subprocess.TimeoutExpired as stopped:
+            code, stderr = "timeout", (stopped.stderr or b"").decode(errors="replace")
         wall = time.perf_counter() - started
         seconds = {}
-        if done.returncode == 0:
+        if code == 0:
             seconds = json.loads(Path(folder, "report", "metrics.json").read_text()).get("seconds", {})
-    return {"command": "python " + " ".join(command[1:5]), "exit_code": done.returncode, "wall_seconds": wall,
-            "stage_seconds": seconds, "stderr_tail": done.stderr[-500:] if done.returncode else ""}
+    shown = command[1:3] + ["emnist-byclass.mat" if part == data and byclass_file else part for part in command[3:7]]
+    return {"command": "python " + " ".join(shown), "exit_code": code, "wall_seconds": wall,
+            "stage_seconds": seconds, "peak_rss_mb": peak_memory_mb(stderr), "log_tail": stderr[-3000:]}
 
 
 def environment() -> dict:
@@ -141,7 +163,9 @@ def markdown(results: dict) -> str:
     for v in results["variants"]:
         lines.append(f"| {v['conv_impl']} | {v['loop']} | {v['steps_per_call']} | {v['compile_seconds']:.1f} | "
                      f"{v['epoch1_seconds']:.2f} | {v['images_per_second']:,.0f} |")
-    c = default["config"]
+    c = default["config"] if default else None
+    if c is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"## The default ({c['conv_impl']}, {c['loop']}, K={c['steps_per_call']}): "
                   f"{c['epochs']} epochs, {c['protocol']} protocol, {default['n_train']:,} images per epoch", "",
               f"Wall {default['wall_seconds']:.1f} s = compile {default['compile_seconds']:.1f} s + training "
@@ -152,10 +176,20 @@ def markdown(results: dict) -> str:
     lines += [f"| {e['epoch']} | {e['seconds']:.2f} | {e['images_per_second']:,.0f} |" for e in default["epochs"]]
     mi, report = results["mutual_information"], results["report"]
     lines += ["", f"## Mutual information, {mi['rows']:,} x {mi['pixels']} pixels: cold {mi['cold_seconds']:.2f} s, "
-                  f"warm {mi['warm_seconds']:.3f} s", "",
-              f"## `{report['command']}`: exit {report['exit_code']}, {report['wall_seconds']:.1f} s", ""]
-    lines += [f"- {stage}: {seconds:.1f} s" for stage, seconds in report["stage_seconds"].items()]
+                  f"warm {mi['warm_seconds']:.3f} s", ""]
+    if report:
+        peak = f", peak resident memory {report['peak_rss_mb']:,.0f} MB" if report["peak_rss_mb"] else ""
+        lines += [f"## `{report['command']}`: exit {report['exit_code']}, {report['wall_seconds']:.1f} s{peak}", ""]
+        lines += [f"- {stage}: {seconds:.1f} s" for stage, seconds in report["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(results, indent=1)), (".md", markdown(results))):
+        tmp = out / f".{name}{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / f"{name}{suffix}")
 
 
 def main() -> None:
@@ -163,6 +197,8 @@ def main() -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="full",
                         help="full: ByClass size (an accelerator); tiny: seconds, to check the script")
     parser.add_argument("--out", default=str(ROOT / "reports" / "performance"), help="folder for the JSON and Markdown")
+    parser.add_argument("--report-timeout", type=float, default=420.0,
+                        help="seconds after which the report run is stopped (the rest is still measured)")
     args = parser.parse_args()
     scale = SCALES[args.scale]
 
@@ -170,24 +206,25 @@ def main() -> None:
 
     dataset = load("default")
     results = {"command": "python benchmarks/device_check.py" + (f" --scale {args.scale}" if args.scale != "full" else ""),
-               "scale": args.scale, "environment": environment(), "variants": []}
-    for conv, loop, k in VARIANTS if args.scale == "full" else TINY_VARIANTS:
-        results["variants"].append(measure_variant(dataset, conv, loop, k, scale["variant_rows"]))
-        print(json.dumps(results["variants"][-1]), flush=True)
-    results["default"] = measure_default(dataset, scale["default_rows"], scale["default_epochs"])
-    print(f"default: {results['default']['wall_seconds']:.1f} s", flush=True)
-    results["mutual_information"] = measure_mi(dataset, scale["mi_rows"])
-    results["report"] = measure_report(scale["profile"])
+               "scale": args.scale, "environment": environment(), "variants": [], "default": None,
+               "mutual_information": None, "report": None}
     env = results["environment"]
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{env['platform']}-{env['device_kind']}").strip("-").lower()
     if args.scale != "full":
         name += f"-{args.scale}"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(results, indent=1)), (".md", markdown(results))):
-        tmp = out / f".{name}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / f"{name}{suffix}")
+    # Most important first; the file is rewritten after each part.
+    results["default"] = measure_default(dataset, scale["default_rows"], scale["default_epochs"])
+    print(f"default: {results['default']['wall_seconds']:.1f} s", flush=True)
+    results["mutual_information"] = measure_mi(dataset, scale["mi_rows"])
+    write(results, out, name)
+    results["report"] = measure_report(scale["profile"], scale["byclass_file"], args.report_timeout)
+    print(f"report: exit {results['report']['exit_code']}, {results['report']['wall_seconds']:.1f} s", flush=True)
+    write(results, out, name)
+    for conv, loop, k in VARIANTS if args.scale == "full" else TINY_VARIANTS:
+        results["variants"].append(measure_variant(dataset, conv, loop, k, scale["variant_rows"]))
+        print(json.dumps(results["variants"][-1]), flush=True)
+        write(results, out, name)
     print(f"wrote {out / name}.json and .md")
 
 
