@@ -20,7 +20,7 @@ from emnist_jax.cnn import TrainConfig
 from emnist_jax.cnn import config as config_module
 from emnist_jax.cnn import onednn
 from emnist_jax.cnn.config import BACKEND_DEFAULTS, CPU_ONEDNN, ConfigError
-from emnist_jax.cnn.model import conv3x3_xla
+from emnist_jax.cnn.model import conv3x3_xla, max_pool_same
 from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
 
 ONEDNN = onednn.available() and jax.default_backend() == "cpu"
@@ -52,7 +52,7 @@ def test_forcing_onednn_where_it_cannot_run_says_why(monkeypatch):
     with pytest.raises(ConfigError, match="CPU only"):
         TrainConfig(conv_impl="onednn").resolved("gpu")
     with pytest.raises(onednn.OnednnUnavailable, match="/nowhere"):
-        onednn.conv3x3_bias_leaky(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 2)), jnp.zeros(2))
+        onednn.conv3x3_block(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 2)), jnp.zeros(2))
 
 
 def test_build_names_what_is_missing(monkeypatch, tmp_path):
@@ -79,20 +79,22 @@ def test_turned_off_the_cpu_default_is_the_xla_fallback():
 
 @needs_onednn
 @pytest.mark.parametrize("n, side, c, o", [(4, 28, 1, 32), (4, 14, 32, 64), (3, 7, 64, 128)])
-def test_onednn_layer_matches_xla_forward_and_gradients(n, side, c, o):
-    """The network's three convolutions (bias + LeakyReLU fused): output and all three gradients."""
+def test_onednn_block_matches_xla_forward_and_gradients(n, side, c, o):
+    """The network's three blocks (convolution, bias, LeakyReLU, max-pool): output and all three
+    gradients, with ties in the pooling windows (a zero image border, as in EMNIST's pictures)."""
     rng = np.random.default_rng(side)
-    x, w, b, dy = (rng.normal(size=s).astype(np.float32) for s in ((n, side, side, c), (3, 3, c, o), (o,),
-                                                                    (n, side, side, o)))
+    x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((n, side, side, c), (3, 3, c, o), (o,)))
+    x[:, : side // 2] = 0.0                       # flat regions: equal maxima in many windows
+    dy = rng.normal(size=(n, -(-side // 2), -(-side // 2), o)).astype(np.float32)
 
     def plain(x, w, b):
-        y = conv3x3_xla(x, w) + b
-        return jnp.where(y >= 0, y, 0.1 * y)
+        return max_pool_same(jnp.where(conv3x3_xla(x, w) + b >= 0, conv3x3_xla(x, w) + b,
+                                       0.1 * (conv3x3_xla(x, w) + b)))
 
     y_ref, vjp_ref = jax.vjp(plain, x, w, b)
-    y, vjp = jax.vjp(lambda x, w, b: onednn.conv3x3_bias_leaky(x, w, b, 0.1), x, w, b)
-    scale = np.abs(y_ref).max()
-    np.testing.assert_allclose(y, y_ref, atol=1e-5 * scale)
+    y, vjp = jax.vjp(lambda x, w, b: onednn.conv3x3_block(x, w, b, 0.1), x, w, b)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, atol=1e-5 * np.abs(y_ref).max())
     for ours, ref in zip(vjp(dy), vjp_ref(dy)):
         np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 

@@ -10,7 +10,8 @@ rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
 - ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, whose
   weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``;
 - ``"onednn"`` (CPU, optional extra): oneDNN's direct convolution with bias and LeakyReLU fused,
-  forward, input and weight gradients each one oneDNN call (``emnist_jax.cnn.onednn``).
+  the pooling and its backward in one C++ pass each, input and weight gradients each one oneDNN
+  call (``emnist_jax.cnn.onednn``).
 Max-pooling is a reshape and a max in both (``reduce_window``'s backward pass was half of the
 step time on CPU).
 """
@@ -57,7 +58,7 @@ def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class Conv3x3(nn.Module):
-    """'same' 3x3 convolution, bias and LeakyReLU(``slope``)."""
+    """One block: 'same' 3x3 convolution, bias, LeakyReLU(``slope``) and 2x2 'same' max-pool."""
 
     features: int
     impl: str = "xla"
@@ -68,11 +69,11 @@ class Conv3x3(nn.Module):
         kernel = self.param("kernel", nn.initializers.glorot_uniform(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         if self.impl == "onednn":
-            from emnist_jax.cnn.onednn import conv3x3_bias_leaky
+            from emnist_jax.cnn.onednn import conv3x3_block
 
-            return conv3x3_bias_leaky(x, kernel, bias, self.slope)
+            return conv3x3_block(x, kernel, bias, self.slope)
         conv = conv3x3_slices if self.impl == "slices" else conv3x3_xla
-        return nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope)
+        return max_pool_same(nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope))
 
 
 class StudyCNN(nn.Module):
@@ -84,7 +85,7 @@ class StudyCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for features in FILTERS:
-            x = max_pool_same(Conv3x3(features, impl=self.conv_impl)(x))
+            x = Conv3x3(features, impl=self.conv_impl)(x)
         x = x.reshape(x.shape[0], -1)  # flatten H, W, C as Keras does (NHWC)
         dense = nn.Dense(HIDDEN, kernel_init=nn.initializers.glorot_uniform())(x)
         x = nn.leaky_relu(dense, negative_slope=0.1)

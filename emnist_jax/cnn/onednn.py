@@ -9,9 +9,11 @@ targets. Where anything is missing, :func:`available` is False and :func:`unavai
 why in one line; ``conv_impl="auto"`` then falls back to the XLA forms. ``EMNIST_JAX_ONEDNN=0``
 turns it off.
 
-:func:`conv3x3_bias_leaky` is ``leaky_relu(conv(x, w) + b)`` with a ``jax.custom_vjp``: the forward
-is one oneDNN call (bias and LeakyReLU fused as a post-op), the backward multiplies the cotangent by
-the LeakyReLU slope read off the output's sign (y >= 0 where x >= 0), then one oneDNN call for dx and one for (dw, db).
+:func:`conv3x3_block` is one block of the network, ``max_pool_same(leaky_relu(conv(x, w) + b))``, with
+a ``jax.custom_vjp``: the forward is one call (oneDNN's convolution with bias and LeakyReLU fused as a
+post-op, then a one-pass 2x2 max-pool in C++); the backward is one C++ pass from the pooled gradient
+to the gradient before the LeakyReLU (JAX's rule for ties: split evenly among a window's maxima; the
+slope read off the output's sign, y >= 0 where x >= 0), then one oneDNN call for dx and one for (dw, db).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 TARGETS = {"onednn_conv_fwd": "OnednnConvForward", "onednn_conv_bwd_data": "OnednnConvBackwardData",
-           "onednn_conv_bwd_weights": "OnednnConvBackwardWeights"}
+           "onednn_conv_bwd_weights": "OnednnConvBackwardWeights", "pool_leaky_bwd": "OnednnPoolLeakyBackward"}
 
 
 class OnednnUnavailable(RuntimeError):
@@ -55,6 +57,15 @@ def _version(name: str) -> str:
         return "?"
 
 
+def _cpu() -> str:
+    """The processor's model line: the extension is compiled for this machine (-march=native)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def build(folder: str | None = None) -> str:
     """Path of the compiled extension, compiling it first when the cache holds none for this source."""
     prefix = _prefix()
@@ -72,10 +83,11 @@ def build(folder: str | None = None) -> str:
     lib = os.path.join(prefix, "lib")
     # DT_RPATH (not RUNPATH): it also finds libdnnl.so's own dependencies (libtbb, libsycl, ...),
     # which the wheels put beside it without a RUNPATH of their own
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-Wl,--disable-new-dtags,-rpath,{lib}"]
+    flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
+             f"-Wl,--disable-new-dtags,-rpath,{lib}"]
     with open(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl_version.h"), "rb") as f:
         source += f.read()   # the oneDNN release
-    key = hashlib.sha256(source + f"{jax.__version__} {_version('jaxlib')} {prefix} {flags}".encode())
+    key = hashlib.sha256(source + f"{jax.__version__} {_version('jaxlib')} {prefix} {flags} {_cpu()}".encode())
     folder = folder or cache_folder()
     path = os.path.join(folder, f"onednn_conv-{key.hexdigest()[:16]}.so")
     if os.path.exists(path):
@@ -132,30 +144,33 @@ def _require() -> None:
 
 def _forward(x, w, b, slope: float):
     n, h, wd, _ = x.shape
-    call = jax.ffi.ffi_call("onednn_conv_fwd", jax.ShapeDtypeStruct((n, h, wd, w.shape[-1]), x.dtype))
+    o = w.shape[-1]
+    call = jax.ffi.ffi_call("onednn_conv_fwd", (jax.ShapeDtypeStruct((n, h, wd, o), x.dtype),
+                                                jax.ShapeDtypeStruct((n, -(-h // 2), -(-wd // 2), o), x.dtype)))
     return call(x, w, b, slope=np.float32(slope))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv3x3_bias_leaky(x, w, b, slope: float = 0.1):
-    """``leaky_relu(conv3x3_same(x, w) + b, slope)``; x (N, H, W, C), w (3, 3, C, O), b (O,), float32."""
+def conv3x3_block(x, w, b, slope: float = 0.1):
+    """``max_pool_same(leaky_relu(conv3x3_same(x, w) + b, slope))``: x (N, H, W, C), w (3, 3, C, O), b (O,),
+    float32; the result is (N, ceil(H/2), ceil(W/2), O)."""
     _require()
-    return _forward(x, w, b, slope)
+    return _forward(x, w, b, slope)[1]
 
 
 def _fwd(x, w, b, slope):
     _require()
-    y = _forward(x, w, b, slope)
-    return y, (x, w, y)
+    y, p = _forward(x, w, b, slope)
+    return p, (x, w, y, p)
 
 
-def _bwd(slope, residuals, dy):
-    x, w, y = residuals
-    dpre = dy * jnp.where(y >= 0, 1.0, slope).astype(dy.dtype)   # LeakyReLU's gradient, from the output's sign
+def _bwd(slope, residuals, dp):
+    x, w, y, p = residuals
+    dpre = jax.ffi.ffi_call("pool_leaky_bwd", jax.ShapeDtypeStruct(y.shape, y.dtype))(y, p, dp, slope=np.float32(slope))
     dx = jax.ffi.ffi_call("onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype))(dpre, w)
     dw, db = jax.ffi.ffi_call("onednn_conv_bwd_weights", (jax.ShapeDtypeStruct(w.shape, w.dtype),
                                                           jax.ShapeDtypeStruct(w.shape[-1:], w.dtype)))(x, dpre)
     return dx, dw, db
 
 
-conv3x3_bias_leaky.defvjp(_fwd, _bwd)
+conv3x3_block.defvjp(_fwd, _bwd)

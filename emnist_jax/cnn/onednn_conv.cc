@@ -3,7 +3,10 @@
 // Built on first use by emnist_jax/cnn/onednn.py (g++ into a cache folder) when the optional
 // extra `onednn` is installed; the Python side wraps the three handlers in a jax.custom_vjp.
 //
-//   onednn_conv_fwd(x NHWC, w HWIO, b O; slope)  -> y = leaky_relu(conv(x, w) + b, slope)   NHWC
+//   onednn_conv_fwd(x NHWC, w HWIO, b O; slope)  -> (y = leaky_relu(conv(x, w) + b, slope) NHWC,
+//                                                    p = 2x2/2 'same' max-pool of y)
+//   pool_leaky_bwd(y, p, dp; slope)               -> dpre: the gradient before the LeakyReLU, with
+//                                                    JAX's tie rule (dp split evenly among the maxima)
 //   onednn_conv_bwd_data(dy NHWC, w HWIO)        -> dx                                       NHWC
 //   onednn_conv_bwd_weights(x NHWC, dy NHWC)     -> (dw HWIO, db O)
 //
@@ -144,8 +147,67 @@ memory Wrap(const memory::desc& md, const void* data) {
   return memory(md, Engine(), const_cast<void*>(data));
 }
 
+// 2x2/2 max-pool with 'same' padding (a last odd row/column pools alone), one pass over y.
+void MaxPool(const float* y, float* p, int64_t n, int64_t h, int64_t w, int64_t c) {
+  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < oh; ++r)
+      for (int64_t q = 0; q < ow; ++q) {
+        float* out = p + ((i * oh + r) * ow + q) * c;
+        const float* first = y + ((i * h + 2 * r) * w + 2 * q) * c;
+        for (int64_t k = 0; k < c; ++k) out[k] = first[k];
+        for (int64_t dr = 0; dr < 2; ++dr)
+          for (int64_t dq = 0; dq < 2; ++dq) {
+            if ((dr == 0 && dq == 0) || 2 * r + dr >= h || 2 * q + dq >= w) continue;
+            const float* in = y + ((i * h + 2 * r + dr) * w + 2 * q + dq) * c;
+            for (int64_t k = 0; k < c; ++k) out[k] = in[k] > out[k] ? in[k] : out[k];
+          }
+      }
+}
+
+ffi::Error PoolLeakyBackward(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> dp, float slope,
+                             ffi::ResultBuffer<ffi::F32> dpre) {
+  auto d = y.dimensions();
+  if (d.size() != 4) return ffi::Error::InvalidArgument("pool_leaky_bwd: expected y (N, H, W, C)");
+  const int64_t n = d[0], h = d[1], w = d[2], c = d[3], oh = (h + 1) / 2, ow = (w + 1) / 2;
+  const float* ys = y.typed_data();
+  const float* ps = p.typed_data();
+  const float* dps = dp.typed_data();
+  float* out = dpre->typed_data();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < oh; ++r)
+      for (int64_t q = 0; q < ow; ++q) {
+        const float* m = ps + ((i * oh + r) * ow + q) * c;
+        const float* g = dps + ((i * oh + r) * ow + q) * c;
+        float share[512];
+        for (int64_t k0 = 0; k0 < c; k0 += 512) {
+          const int64_t kn = c - k0 < 512 ? c - k0 : 512;
+          for (int64_t k = 0; k < kn; ++k) share[k] = 0.f;
+          for (int64_t dr = 0; dr < 2; ++dr)
+            for (int64_t dq = 0; dq < 2; ++dq) {
+              if (2 * r + dr >= h || 2 * q + dq >= w) continue;
+              const float* in = ys + ((i * h + 2 * r + dr) * w + 2 * q + dq) * c + k0;
+              for (int64_t k = 0; k < kn; ++k) share[k] += in[k] == m[k0 + k] ? 1.f : 0.f;
+            }
+          for (int64_t k = 0; k < kn; ++k) share[k] = g[k0 + k] / share[k];
+          for (int64_t dr = 0; dr < 2; ++dr)
+            for (int64_t dq = 0; dq < 2; ++dq) {
+              if (2 * r + dr >= h || 2 * q + dq >= w) continue;
+              const int64_t at = ((i * h + 2 * r + dr) * w + 2 * q + dq) * c + k0;
+              for (int64_t k = 0; k < kn; ++k) {
+                const float v = ys[at + k];
+                out[at + k] = v == m[k0 + k] ? share[k] * (v >= 0.f ? 1.f : slope) : 0.f;
+              }
+            }
+        }
+      }
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, float slope,
-                       ffi::ResultBuffer<ffi::F32> y) {
+                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> p) {
   Shape s;
   if (auto e = Check(x, w, &s); e.failure()) return e;
   try {
@@ -162,6 +224,7 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Bu
                             {DNNL_ARG_BIAS, Wrap(s.bias(), b.typed_data())},
                             {DNNL_ARG_DST, Wrap(s.dst(), y->typed_data())}});
     stream.wait();
+    MaxPool(y->typed_data(), p->typed_data(), s.n, s.h, s.w, s.o);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn conv forward: ") + e.what());
   }
@@ -220,6 +283,15 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("slope")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPoolLeakyBackward, PoolLeakyBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
