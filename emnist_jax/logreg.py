@@ -27,6 +27,7 @@ likely cause, never returns them; a penalised fit that stops at ``max_iter`` war
 from __future__ import annotations
 
 import numbers
+import functools
 import warnings
 from functools import partial
 from typing import NamedTuple
@@ -54,6 +55,20 @@ class OvRParams(NamedTuple):
 
 # ---- pure core --------------------------------------------------------------------------------
 
+def full_float32(function):
+    """Trace ``function`` with float32 matrix products at full precision.
+
+    GPUs multiply float32 matrices in TF32 (10-bit mantissa) by default; with it Newton's
+    gradient never got below ``tol``: on an H200, the full profile's PCA sweep stopped 6 to 19 of
+    62 classes at max_iter in every fit (benchmarks/device_check.py). CPUs compute float32 in full anyway.
+    """
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return function(*args, **kwargs)
+    return traced
+
+
 def _targets(labels: jax.Array, n_classes: int) -> jax.Array:
     """(classes, N) 0/1 targets: row c is 'label == c'."""
     return (labels[None, :] == jnp.arange(n_classes)[:, None]).astype(jnp.float32)
@@ -65,6 +80,7 @@ def _weights(X: jax.Array, weight: jax.Array | None) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("n_classes", "n_iter"))
+@full_float32
 def _fit_gd(X: jax.Array, labels: jax.Array, n_classes: int, alpha: float, n_iter: int,
             weight: jax.Array | None = None) -> OvRParams:
     # All classes' binary problems at once, as two matrix products per step: the same arithmetic
@@ -91,6 +107,7 @@ def binary_objective(w: jax.Array, X: jax.Array, target: jax.Array, C: float,
 
 
 @partial(jax.jit, static_argnames=("n_classes",))
+@full_float32
 def _fit_newton(X: jax.Array, labels: jax.Array, n_classes: int, C: float, max_iter: int,
                 tol: float, weight: jax.Array | None = None) -> OvRParams:
     X_one = jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
@@ -122,6 +139,7 @@ def _fit_newton(X: jax.Array, labels: jax.Array, n_classes: int, C: float, max_i
 
 
 @partial(jax.jit, static_argnames=("n_classes",))
+@full_float32
 def _fit_lbfgs(X: jax.Array, labels: jax.Array, n_classes: int, C: float, max_iter: int,
                tol: float, weight: jax.Array | None = None) -> OvRParams:
     solver = optax.lbfgs()
@@ -150,6 +168,7 @@ def _fit_lbfgs(X: jax.Array, labels: jax.Array, n_classes: int, C: float, max_it
 
 
 @jax.jit
+@full_float32
 def decision_scores(params: OvRParams, X: jax.Array) -> jax.Array:
     """(N, classes) linear scores; the sigmoid of each is that class's one-vs-rest probability."""
     return X @ params.coef.T + params.intercept

@@ -97,3 +97,20 @@ def test_estimator_takes_any_label_type(problem):
 @parametrize_with_checks([OneVsRestLogisticRegression(), OneVsRestLogisticRegression(solver="gd", max_iter=200)])
 def test_sklearn_check_estimator(estimator, check):
     check(estimator)
+
+
+def test_every_fit_multiplies_at_full_float32():
+    # GPUs default to TF32 for float32 products; Newton's method then stops short of tol
+    # (seen on an H200). Every matrix product of the fits and scores must ask for HIGHEST.
+    X, y = jnp.ones((8, 3), jnp.float32), jnp.zeros(8, jnp.int32)
+    params = logreg.OvRParams(jnp.ones((2, 3)), jnp.ones(2), jnp.zeros(2, jnp.int32))
+    traced = {
+        "gd": jax.make_jaxpr(lambda X, y: logreg._fit_gd(X, y, n_classes=2, alpha=0.1, n_iter=2))(X, y),
+        "newton": jax.make_jaxpr(lambda X, y: logreg._fit_newton(X, y, n_classes=2, C=1.0, max_iter=2, tol=1e-5))(X, y),
+        "lbfgs": jax.make_jaxpr(lambda X, y: logreg._fit_lbfgs(X, y, n_classes=2, C=1.0, max_iter=2, tol=1e-5))(X, y),
+        "scores": jax.make_jaxpr(logreg.decision_scores)(params, X),
+    }
+    for name, jaxpr in traced.items():
+        text = str(jaxpr)
+        dots = text.count("dot_general[")
+        assert dots >= 1 and text.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots, name
