@@ -1,25 +1,37 @@
-"""The study's CNN: training and evaluation throughput, compile time, accuracy after short training."""
+"""The study's CNN: training and evaluation throughput, compile time, accuracy after short training.
+
+The convolution is a parameter, set to what ``TrainConfig().resolved()`` picks here ("onednn" on a
+CPU with the optional extra, "slices" without it; ``asv run --python=same`` measures the project's
+own environment, extras included): a fallback shows as another parameter value, not as a slowdown.
+"""
 
 import numpy as np
 
 from . import common
 
 
+def default_conv() -> str:
+    """The convolution the default configuration runs on this backend and installation."""
+    from emnist_jax.cnn import TrainConfig
+
+    return TrainConfig().resolved().conv_impl
+
+
 class TrainStep:
     """One jitted call of K training steps (K, loop and convolution per backend, see TrainConfig.resolved)."""
 
-    params = ([64, 256], [common.backend()])
-    param_names = ["batch", "backend"]
+    params = ([64, 256], [common.backend()], [default_conv()])
+    param_names = ["batch", "backend", "conv"]
     timeout = 300
 
-    def setup(self, batch, backend):
+    def setup(self, batch, backend, conv):
         import jax
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
         from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
 
-        self.config = TrainConfig(batch_size=batch).resolved()
+        self.config = TrainConfig(batch_size=batch, conv_impl=conv).resolved()
         self.mesh = make_mesh()
         rng = np.random.default_rng(common.SEED)
         self.images = jnp.asarray(rng.integers(0, 256, (4096, 28, 28), dtype=np.uint8))
@@ -35,13 +47,13 @@ class TrainStep:
         self.state, self.sums = self.train_calls(self.state, self.images, self.labels, self.index, 0, self.sums,
                                                  mesh=self.mesh, loop=self.config.loop)
 
-    def time_train_call(self, batch, backend):
+    def time_train_call(self, batch, backend, conv):
         import jax
 
         self.call()
         jax.block_until_ready(self.sums)
 
-    def track_train_images_per_second(self, batch, backend):
+    def track_train_images_per_second(self, batch, backend, conv):
         import time
 
         import jax
@@ -57,17 +69,17 @@ class TrainStep:
 
 
 class EvalStep:
-    params = ([64, 256], [common.backend()])
-    param_names = ["batch", "backend"]
+    params = ([64, 256], [common.backend()], [default_conv()])
+    param_names = ["batch", "backend", "conv"]
 
-    def setup(self, batch, backend):
+    def setup(self, batch, backend, conv):
         import jax
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
         from emnist_jax.cnn.train import create_state, eval_batch, make_mesh
 
-        config = TrainConfig().resolved()
+        config = TrainConfig(conv_impl=conv).resolved()
         self.state = create_state(config, 62)
         self.mesh = make_mesh()
         rng = np.random.default_rng(common.SEED)
@@ -81,7 +93,7 @@ class EvalStep:
         return self.eval_batch(self.state.params, self.x, self.y, self.mask, apply_fn=self.state.apply_fn,
                                mesh=self.mesh)
 
-    def time_eval_batch(self, batch, backend):
+    def time_eval_batch(self, batch, backend, conv):
         import jax
 
         jax.block_until_ready(self.run())
@@ -91,25 +103,25 @@ class Compile:
     """Trace + compile of the training call, as its own figure (JAX's caches cleared in the timed body,
     so this is a real compile, not a cache hit)."""
 
-    params = [common.backend()]
-    param_names = ["backend"]
+    params = ([common.backend()], [default_conv()])
+    param_names = ["backend", "conv"]
     timeout = 300
     number = 1          # every call compiles for real: no calibration or warm-up rounds
     warmup_time = 0
 
-    def setup(self, backend):
+    def setup(self, backend, conv):
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
         from emnist_jax.cnn.train import create_state, make_mesh, zero_sums
 
-        self.config = TrainConfig().resolved()
+        self.config = TrainConfig(conv_impl=conv).resolved()
         self.state = create_state(self.config, 62)
         self.mesh = make_mesh()
         self.args = (jnp.zeros((256, 28, 28), jnp.uint8), jnp.zeros(256, jnp.int32),
                      jnp.zeros((1, self.config.steps_per_call, 64), jnp.int32), 0, zero_sums())
 
-    def time_compile_train_call(self, backend):
+    def time_compile_train_call(self, backend, conv):
         import jax
 
         from emnist_jax.cnn.train import train_calls

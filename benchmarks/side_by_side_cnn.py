@@ -36,7 +36,8 @@ TRAIN_MFLOP = 45.9
 #: (convolution, steps per call, loop) of each JAX variant timed; "default" is what
 #: TrainConfig().resolved("cpu") picks, timed first so that its first call is a real compile (a later
 #: variant with the same settings reuses it). Variants whose convolution is unavailable are skipped.
-VARIANTS = (("default", None, None), ("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"),
+VARIANTS = (("default", None, None), ("onednn", 1, "unroll"), ("onednn", 4, "unroll"), ("onednn", 4, "scan"),
+            ("onednn", 8, "scan"), ("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"),
             ("slices", 4, "unroll"), ("slices", 4, "scan"))
 
 
@@ -183,7 +184,10 @@ def child(args) -> None:
 
         malloc = tune_malloc()
     if args.child == "jax":
-        out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds)}
+        from emnist_jax.cnn import onednn
+
+        out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds),
+               "onednn_unavailable": onednn.unavailable_reason()}
     else:
         out = {"rows": torch_rows(args.batches, args.seconds, compiled=args.child == "torch-compile")}
     out["mallopt_applied"] = malloc
@@ -369,6 +373,8 @@ def main() -> None:
                     raise SystemExit(out["note"])
             if "peak" in out:
                 peaks[malloc] = out["peak"]["gflops"]
+            if out.get("onednn_unavailable"):
+                notes.append(f"malloc {malloc}: no oneDNN variants: {out['onednn_unavailable']}")
             children.append({"kind": kind, "malloc": malloc, "mallopt_applied": out.get("mallopt_applied"),
                              "seconds": out.get("seconds")})
             rows += [dict(r, malloc=malloc) for r in out["rows"]]

@@ -52,7 +52,7 @@ UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this b
 #: The CPU's choice where oneDNN's convolution is installed (``pip install -e '.[onednn]'``);
 #: without it the CPU falls back to BACKEND_DEFAULTS["cpu"].
 CPU_ONEDNN = BackendDefaults(
-    "onednn", 4, "unroll",
+    "onednn", 4, "scan",
     "measured on the 2-core development machine (/tmp/quick_bench-style loop over train_calls, mallopt tuned, "
     "beside the lead's jobs, load ~3): onednn K=4 unrolled 1,437 images/s at batch 64 and 1,294 at 256 against "
     "760 / 788 for slices K=4 in the same run")
