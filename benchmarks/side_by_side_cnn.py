@@ -89,12 +89,14 @@ def jax_rows(batches, seconds):
             state = create_state(config, 62)
             index = jnp.asarray(rng.integers(0, n, (64, k, batch)).astype(np.int32))
             start = time.perf_counter()
-            state, s = train_calls(state, images, labels, index, 0, zero_sums(), mesh=mesh, loop=config.loop)
+            state, s = train_calls(state, images, labels, index, 0, zero_sums(), mesh=mesh, loop=config.loop,
+                                   grad_chunk=config.grad_chunk)
             jax.block_until_ready(s)
             compile_s = time.perf_counter() - start
             calls, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                state, s = train_calls(state, images, labels, index, calls % 64, s, mesh=mesh, loop=config.loop)
+                state, s = train_calls(state, images, labels, index, calls % 64, s, mesh=mesh, loop=config.loop,
+                                       grad_chunk=config.grad_chunk)
                 calls += 1
                 if calls % 4 == 0:
                     jax.block_until_ready(s)

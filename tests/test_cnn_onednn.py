@@ -26,7 +26,9 @@ from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
 ONEDNN = onednn.available() and jax.default_backend() == "cpu"
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN convolution unavailable here: "
                                                      f"{onednn.unavailable_reason() or 'not a CPU backend'}")
-IMPLS = ["xla", "slices", pytest.param("onednn", marks=needs_onednn)]
+#: (convolution, images per gradient chunk): every choice, whole batch and chunked (0 = whole batch)
+CHOICES = [("xla", 4), ("slices", 0), pytest.param("onednn", 0, marks=needs_onednn),
+           pytest.param("onednn", 4, marks=needs_onednn)]
 
 
 # ---- choosing and falling back (no oneDNN needed) ----------------------------------------------
@@ -108,13 +110,15 @@ def batches():
     return images, labels, index
 
 
-def trajectory(conv_impl: str, batches) -> tuple[np.ndarray, np.ndarray]:
+def trajectory(conv_impl: str, batches, grad_chunk: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-step training losses of 4 Adam steps from the same parameters, and the final parameters."""
     images, labels, index = batches
-    config = TrainConfig(conv_impl=conv_impl, steps_per_call=1, loop="unroll", batch_size=8).resolved("cpu")
+    config = TrainConfig(conv_impl=conv_impl, steps_per_call=1, loop="unroll", batch_size=8,
+                         grad_chunk=grad_chunk).resolved("cpu")
     state, mesh, losses = create_state(config, 62, 0), make_mesh(), []
     for call in range(index.shape[0]):
-        state, sums = train_calls(state, images, labels, index, call, zero_sums(), mesh=mesh, loop="unroll")
+        state, sums = train_calls(state, images, labels, index, call, zero_sums(), mesh=mesh, loop="unroll",
+                                  grad_chunk=grad_chunk)
         losses.append(float(sums["loss"]) / 8)
     return np.array(losses), np.concatenate([np.ravel(p) for p in jax.tree.leaves(state.params)])
 
@@ -125,9 +129,9 @@ def xla_trajectory(batches):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's convolution choices")
-@pytest.mark.parametrize("conv_impl", IMPLS)
-def test_every_convolution_trains_the_same_network(conv_impl, batches, xla_trajectory):
-    losses, params = trajectory(conv_impl, batches)
+@pytest.mark.parametrize("conv_impl, grad_chunk", CHOICES)
+def test_every_convolution_trains_the_same_network(conv_impl, grad_chunk, batches, xla_trajectory):
+    losses, params = trajectory(conv_impl, batches, grad_chunk)
     ref_losses, ref_params = xla_trajectory
     assert losses[-1] < losses[0]                                   # it learns the 8 images
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)

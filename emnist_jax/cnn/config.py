@@ -23,6 +23,7 @@ class BackendDefaults:
     steps_per_call: int
     loop: str
     source: str        # where the choice comes from: a measurement (with its place) or "guessed"
+    grad_chunk: int = 0  # images per gradient chunk inside a step (0: the whole batch at once)
 
 
 #: Per-backend execution choices. None of them changes the model or the recipe: the two
@@ -52,7 +53,7 @@ UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this b
 #: The CPU's choice where oneDNN's convolution is installed (``pip install -e '.[onednn]'``);
 #: without it the CPU falls back to BACKEND_DEFAULTS["cpu"].
 CPU_ONEDNN = BackendDefaults(
-    "onednn", 4, "scan",
+    "onednn", 4, "scan", grad_chunk=0, source=
     "measured on the 2-core development machine (/tmp/quick_bench-style loop over train_calls, mallopt tuned, "
     "beside the lead's jobs, load ~3): onednn K=4 unrolled 1,437 images/s at batch 64 and 1,294 at 256 against "
     "760 / 788 for slices K=4 in the same run")
@@ -122,6 +123,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     conv_impl: str = "auto"               # "xla", "slices", "onednn" (CPU) or "auto" (per backend)
     steps_per_call: int | None = None     # K steps per jitted call; None = per backend
+    grad_chunk: int | None = None         # images per gradient chunk in a step (0 = whole batch); None = per backend
     loop: str | None = None               # "scan" or "unroll" the K steps; None = per backend
     log_every: int = 50                   # host syncs (progress-bar updates) every N calls
 
@@ -140,6 +142,7 @@ class TrainConfig:
         _int(self.eval_batch_size, "eval_batch_size", 1)
         _choice(self.conv_impl, "conv_impl", CONV_IMPLS + ("auto",))
         _int(self.steps_per_call, "steps_per_call", 1, none_ok=True)
+        _int(self.grad_chunk, "grad_chunk", 0, none_ok=True)
         _choice(self.loop, "loop", LOOPS, none_ok=True)
         _int(self.log_every, "log_every", 1)
 
@@ -169,6 +172,7 @@ class TrainConfig:
             conv_impl=defaults.conv_impl if self.conv_impl == "auto" else self.conv_impl,
             steps_per_call=self.steps_per_call or defaults.steps_per_call,
             loop=self.loop or defaults.loop,
+            grad_chunk=defaults.grad_chunk if self.grad_chunk is None else self.grad_chunk,
         )
 
     def to_json(self) -> dict:
@@ -179,4 +183,4 @@ class TrainConfig:
 #: (epochs only says where to stop; eval_batch_size and log_every change no number; the
 #: execution choices conv_impl, steps_per_call and loop change speed and float rounding.)
 RUN_FIELDS = ("seed", "batch_size", "protocol", "holdout_fraction", "learning_rate", "b1", "b2", "eps")
-EXECUTION_FIELDS = ("conv_impl", "steps_per_call", "loop")
+EXECUTION_FIELDS = ("conv_impl", "steps_per_call", "loop", "grad_chunk")

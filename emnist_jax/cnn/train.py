@@ -86,13 +86,37 @@ def loss_and_metrics(params: Any, apply_fn: Callable, images: jax.Array, labels:
     return metrics["loss"] / jnp.maximum(count, 1.0), metrics
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def _chunked_value_and_grad(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Array,
+                            mask: jax.Array, chunk: int) -> tuple[Any, dict]:
+    """Gradient of the batch's mean loss, summed over chunks of ``chunk`` images under a
+    ``lax.scan``: the same gradient (float rounding aside), computed on cache-sized activations."""
+    def summed(params, images, labels, mask):
+        mean, metrics = loss_and_metrics(params, apply_fn, images, labels, mask)
+        return mean * jnp.maximum(metrics["count"], 1.0), metrics
+
+    def one_chunk(acc, xs):
+        (_, metrics), grads = jax.value_and_grad(summed, has_aux=True)(params, *xs)
+        return jax.tree.map(jnp.add, acc, (grads, metrics)), None
+
+    n = images.shape[0] // chunk
+    split = lambda a: a.reshape(n, chunk, *a.shape[1:])  # noqa: E731
+    zero = (jax.tree.map(jnp.zeros_like, params), zero_sums())
+    (grads, metrics), _ = jax.lax.scan(one_chunk, zero, (split(images), split(labels), split(mask)))
+    return jax.tree.map(lambda g: g / jnp.maximum(metrics["count"], 1.0), grads), metrics
+
+
+def train_step(state: TrainState, batch: dict, grad_chunk: int = 0) -> tuple[TrainState, dict]:
     """One Adam step on a batch {images (B, 28, 28) uint8, labels (B,), mask (B,)}.
 
-    An all-masked batch (padding at the end of an epoch) leaves the state unchanged.
+    An all-masked batch (padding at the end of an epoch) leaves the state unchanged. With
+    ``grad_chunk`` (dividing B, smaller than B) the gradient is summed over chunks of that many images.
     """
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch["images"], batch["labels"], batch["mask"])
+    images, labels, mask = batch["images"], batch["labels"], batch["mask"]
+    if 0 < grad_chunk < images.shape[0] and images.shape[0] % grad_chunk == 0:
+        grads, metrics = _chunked_value_and_grad(state.params, state.apply_fn, images, labels, mask, grad_chunk)
+    else:
+        grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, state.apply_fn, images, labels, mask)
     new_state = state.apply_gradients(grads=grads)
     has_data = metrics["count"] > 0
     state = jax.tree.map(lambda new, old: jnp.where(has_data, new, old), new_state, state)
@@ -143,12 +167,12 @@ def _shard(arrays: tuple, mesh: Mesh, spec: P) -> tuple:
 # ---- jitted programs ------------------------------------------------------------------------
 
 def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array, call: jax.Array,
-                 sums: dict, mesh: Mesh, loop: str = "unroll") -> tuple[TrainState, dict]:
+                 sums: dict, mesh: Mesh, loop: str = "unroll", grad_chunk: int = 0) -> tuple[TrainState, dict]:
     def one_step(carry: tuple, rows: jax.Array) -> tuple:
         state, sums = carry
         safe = jnp.maximum(rows, 0)
         x, y, mask = _shard((images[safe], labels[safe], rows >= 0), mesh, P("data"))
-        state, metrics = train_step(state, {"images": x, "labels": y, "mask": mask})
+        state, metrics = train_step(state, {"images": x, "labels": y, "mask": mask}, grad_chunk)
         return (state, jax.tree.map(jnp.add, sums, metrics)), None
 
     rows = jax.lax.dynamic_index_in_dim(index, call, keepdims=False)   # (K, B)
@@ -162,11 +186,12 @@ def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index:
 
 
 #: K training steps in one jitted call: ``train_calls(state, images, labels, index, call, sums,
-#: mesh=, loop=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``, -1 = padding)
-#: and returns the new state and the metric sums plus this call's. ``loop="scan"`` compiles the
-#: step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution steps was
-#: 10-40x slower; README, 'CNN throughput on a CPU'). ``state`` and ``sums`` are donated.
-train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop"), donate_argnames=("state", "sums"))
+#: mesh=, loop=, grad_chunk=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``,
+#: -1 = padding) and returns the new state and the metric sums plus this call's. ``loop="scan"``
+#: compiles the step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution
+#: steps was 10-40x slower; README, 'CNN throughput on a CPU'). ``grad_chunk``: see
+#: :func:`train_step`. ``state`` and ``sums`` are donated.
+train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop", "grad_chunk"), donate_argnames=("state", "sums"))
 
 
 def _epoch_index(key: jax.Array, epoch: jax.Array, start: jax.Array, n: int, batch: int, k: int, calls: int,
@@ -338,6 +363,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
     k = min(config.steps_per_call, steps)            # more steps per call than an epoch holds is padding
     config = dataclasses.replace(config, steps_per_call=k)
     calls = -(-steps // k)                           # per epoch; the last call may hold padding steps
+    grad_chunk = config.grad_chunk if mesh.size == 1 else 0   # chunks of a batch split over devices: no
 
     checkpoints = None
     if workdir:
@@ -399,7 +425,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
                 if start.epoch <= config.epochs:
                     index = epoch_index(key, start.epoch - 1, start.step, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
                     started = time.perf_counter()
-                    train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop).compile()
+                    train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop,
+                                      grad_chunk=grad_chunk).compile()
                     compile_seconds = time.perf_counter() - started
                 if _any_process(signalled()):
                     raise stop_here(position)
@@ -413,7 +440,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
                                leave=False)
                     started = time.perf_counter()
                     for call in range(-(-(steps - first) // k)):
-                        state, sums = train_calls(state, images, labels, index, call, sums, mesh=mesh, loop=config.loop)
+                        state, sums = train_calls(state, images, labels, index, call, sums, mesh=mesh,
+                                                    loop=config.loop, grad_chunk=grad_chunk)
                         position = Position(epoch, min(first + (call + 1) * k, steps))
                         if position.step == steps:
                             break  # the end of an epoch is saved as the start of the next, below
