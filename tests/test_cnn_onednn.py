@@ -101,6 +101,19 @@ def test_onednn_block_matches_xla_forward_and_gradients(n, side, c, o):
         np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 
 
+@needs_onednn
+@pytest.mark.parametrize("side, c, o", [(28, 1, 32), (14, 32, 64), (7, 64, 128)])
+def test_onednn_evaluation_block_matches_xla_in_chunks(side, c, o):
+    """Outside differentiation the block runs the batch in cache-sized chunks (10 images of 28x28x32,
+    20 of 14x14x64, 41 of 7x7x128): 93 images make full chunks and a remainder in each layer."""
+    rng = np.random.default_rng(side)
+    x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((93, side, side, c), (3, 3, c, o), (o,)))
+    pre = conv3x3_xla(x, w) + b
+    ref = max_pool_same(jnp.where(pre >= 0, pre, 0.1 * pre))
+    ours = jax.jit(lambda x, w, b: onednn.conv3x3_block(x, w, b, 0.1))(x, w, b)
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.fixture(scope="module")
 def batches():
     rng = np.random.default_rng(0)

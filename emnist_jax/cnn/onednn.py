@@ -14,6 +14,8 @@ a ``jax.custom_vjp``: the forward is one call (oneDNN's convolution with bias an
 post-op, then a one-pass 2x2 max-pool in C++); the backward is one C++ pass from the pooled gradient
 to the gradient before the LeakyReLU (JAX's rule for ties: split evenly among a window's maxima; the
 slope read off the output's sign, y >= 0 where x >= 0), then one oneDNN call for dx and one for (dw, db).
+Outside differentiation (evaluation) the block is one call that runs the batch in cache-sized chunks
+and returns only the pooled output.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 TARGETS = {"onednn_conv_fwd": "OnednnConvForward", "onednn_conv_bwd_data": "OnednnConvBackwardData",
-           "onednn_conv_bwd_weights": "OnednnConvBackwardWeights", "pool_leaky_bwd": "OnednnPoolLeakyBackward"}
+           "onednn_conv_bwd_weights": "OnednnConvBackwardWeights", "pool_leaky_bwd": "OnednnPoolLeakyBackward",
+           "onednn_conv_pool_infer": "OnednnConvPoolInference"}
 
 
 class OnednnUnavailable(RuntimeError):
@@ -155,7 +158,9 @@ def conv3x3_block(x, w, b, slope: float = 0.1):
     """``max_pool_same(leaky_relu(conv3x3_same(x, w) + b, slope))``: x (N, H, W, C), w (3, 3, C, O), b (O,),
     float32; the result is (N, ceil(H/2), ceil(W/2), O)."""
     _require()
-    return _forward(x, w, b, slope)[1]
+    n, h, wd, _ = x.shape
+    out = jax.ShapeDtypeStruct((n, -(-h // 2), -(-wd // 2), w.shape[-1]), x.dtype)
+    return jax.ffi.ffi_call("onednn_conv_pool_infer", out)(x, w, b, slope=np.float32(slope))
 
 
 def _fwd(x, w, b, slope):

@@ -5,6 +5,7 @@
 //
 //   onednn_conv_fwd(x NHWC, w HWIO, b O; slope)  -> (y = leaky_relu(conv(x, w) + b, slope) NHWC,
 //                                                    p = 2x2/2 'same' max-pool of y)
+//   onednn_conv_pool_infer(x, w, b; slope)       -> p only, in cache-sized chunks of the batch (evaluation)
 //   pool_leaky_bwd(y, p, dp; slope)               -> dpre: the gradient before the LeakyReLU, with
 //                                                    JAX's tie rule (dp split evenly among the maxima)
 //   onednn_conv_bwd_data(dy NHWC, w HWIO)        -> dx                                       NHWC
@@ -14,6 +15,7 @@
 // reordered between HWIO and the layout the primitive picked. Primitives are made once per shape
 // and kept; every call runs on a thread-local stream.
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -60,13 +62,14 @@ struct Shape {
 
 const memory::dims kStrides{1, 1}, kPad{1, 1};
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s, float slope) {
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s, float slope,
+                                                      dnnl::prop_kind kind = dnnl::prop_kind::forward_training) {
   dnnl::post_ops ops;
   ops.append_eltwise(dnnl::algorithm::eltwise_relu, slope, 0.f);
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
   return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, s.src(),
+      Engine(), kind, dnnl::algorithm::convolution_direct, s.src(),
       s.weights(tag::any), s.bias(), s.dst(), kStrides, kPad, kPad, attr);
 }
 
@@ -103,6 +106,15 @@ T& Cached(const Shape& s, float slope, T (*make)(const Shape&, float)) {
 
 Forward MakeForward(const Shape& s, float slope) {
   auto pd = ForwardDesc(s, slope);
+  auto user = s.weights(tag::hwio);
+  bool reorder = pd.weights_desc() != user;
+  dnnl::reorder r;
+  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
+  return {dnnl::convolution_forward(pd), pd.weights_desc(), r, reorder};
+}
+
+Forward MakeInference(const Shape& s, float slope) {
+  auto pd = ForwardDesc(s, slope, dnnl::prop_kind::forward_inference);
   auto user = s.weights(tag::hwio);
   bool reorder = pd.weights_desc() != user;
   dnnl::reorder r;
@@ -231,6 +243,44 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Bu
   return ffi::Error::Success();
 }
 
+// Evaluation: the block's pooled output only. The batch goes through in chunks whose full-size
+// activation stays in the cache (about 1 MB), so it is never written out to memory.
+ffi::Error ConvPoolInference(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, float slope,
+                             ffi::ResultBuffer<ffi::F32> p) {
+  Shape s;
+  if (auto e = Check(x, w, &s); e.failure()) return e;
+  const int64_t per_image = s.h * s.w * s.o;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(s.n, (256 * 1024) / per_image));
+  const int64_t in_image = s.h * s.w * s.c, out_image = ((s.h + 1) / 2) * ((s.w + 1) / 2) * s.o;
+  try {
+    auto& stream = Stream();
+    float* y = Scratch(chunk * per_image * sizeof(float), 1);
+    memory blocked;
+    for (int64_t start = 0; start < s.n; start += chunk) {
+      Shape part = s;
+      part.n = std::min(chunk, s.n - start);
+      auto& f = Cached<Forward>(part, slope, MakeInference);
+      if (start == 0 || part.n != chunk) {
+        memory weights = Wrap(s.weights(tag::hwio), w.typed_data());
+        blocked = weights;
+        if (f.reorder) {
+          blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
+          f.to_weights.execute(stream, weights, blocked);
+        }
+      }
+      f.conv.execute(stream, {{DNNL_ARG_SRC, Wrap(part.src(), x.typed_data() + start * in_image)},
+                              {DNNL_ARG_WEIGHTS, blocked},
+                              {DNNL_ARG_BIAS, Wrap(s.bias(), b.typed_data())},
+                              {DNNL_ARG_DST, Wrap(part.dst(), y)}});
+      stream.wait();
+      MaxPool(y, p->typed_data() + start * out_image, part.n, s.h, s.w, s.o);
+    }
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv inference: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx) {
   auto dd = dx->dimensions();
   auto wd = w.dimensions();
@@ -292,6 +342,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ConvForward,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPoolLeakyBackward, PoolLeakyBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("slope")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvPoolInference, ConvPoolInference,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
