@@ -83,7 +83,7 @@ NOISE_ROWS = 4096
 
 
 def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = False, seed: int = 0,
-                               n_jobs: int | None = None) -> np.ndarray:
+                               n_jobs: int | None = None, progress: Progress = None) -> np.ndarray:
     """``mutual_info_classif`` (nats). ``discrete=False`` is the study's call: k-NN estimator, 3 neighbours.
 
     ``n_jobs`` spreads the pixels over processes; the result does not depend on it (the noise
@@ -93,7 +93,7 @@ def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = Fa
     in place: one float64 copy of X, scaled, its noise drawn ``NOISE_ROWS`` rows at a time from the
     same stream, then sklearn's per-pixel estimator. Bit for bit ``mutual_info_classif``
     (tests/test_baselines.py), with one copy of X where sklearn's holds four (1.2 GB at the study's
-    50,000 x 784).
+    50,000 x 784); ``progress(j)`` is called as pixel j's estimate arrives (in pixel order).
     """
     X = np.asarray(X)
     y = np.ravel(y)
@@ -111,8 +111,14 @@ def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = Fa
     for start in range(0, len(X), NOISE_ROWS):  # the stream sklearn draws at once, in row order
         block = X[start:start + NOISE_ROWS]
         block += 1e-10 * means * rng.standard_normal(size=block.shape)
-    mi = Parallel(n_jobs=n_jobs)(delayed(_compute_mi)(X[:, j], y, False, True, 3) for j in range(X.shape[1]))
-    return np.array(mi)
+    estimates = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_compute_mi)(X[:, j], y, False, True, 3) for j in range(X.shape[1]))
+    mi = np.empty(X.shape[1])
+    for j, value in enumerate(estimates):
+        mi[j] = value
+        if progress:
+            progress(j)
+    return mi
 
 
 def train_only_ranking(X: np.ndarray, y: np.ndarray, n_classes: int, test_size: float, seed: int,
@@ -195,8 +201,12 @@ class MIStudy:
         return result
 
 
-def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig, seed: int) -> MIStudy:
-    """MI of every pixel with the label: JAX (timed, compilation included) and sklearn per ``config.sklearn_mi``."""
+def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig, seed: int,
+             progress: Progress = None) -> MIStudy:
+    """MI of every pixel with the label: JAX (timed, compilation included) and sklearn per ``config.sklearn_mi``.
+
+    ``progress(j)`` as sklearn's k-NN estimate of pixel j arrives (the stage's long part).
+    """
     from scipy.stats import spearmanr
 
     from emnist_jax.features import mutual_information
@@ -208,7 +218,7 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
         discrete = config.sklearn_mi == "discrete"
         n_jobs = config.n_jobs if len(y) >= MIN_ROWS_FOR_PROCESSES else 1
         values, their_seconds = _timed(lambda: sklearn_mutual_information(X, y, discrete=discrete, seed=seed,
-                                                                          n_jobs=n_jobs))
+                                                                          n_jobs=n_jobs, progress=progress))
         overlap = len(set(rank_pixels(ours)[:TOP_PIXELS].tolist()) & set(rank_pixels(values)[:TOP_PIXELS].tolist()))
         theirs = SklearnMI(discrete, values, their_seconds, float(spearmanr(ours, values).statistic), overlap)
     return MIStudy(ours, len(y), config.mi_bins, seconds, theirs)

@@ -126,7 +126,10 @@ def test_lean_sklearn_mi_is_mutual_info_classif_bit_for_bit(study_data, monkeypa
     X, y = np.column_stack([X[:300, 300:340], np.zeros(300, np.uint8)]), y[:300]  # + a blank pixel (std 0)
     monkeypatch.setattr(baselines, "NOISE_ROWS", 64)  # noise drawn in 5 blocks, the last one short
     expected = mutual_info_classif(X, y, discrete_features=False, n_neighbors=3, random_state=7)
-    np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=7, n_jobs=2), expected)
+    seen = []
+    np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=7, n_jobs=2, progress=seen.append),
+                                  expected)
+    assert seen == list(range(X.shape[1]))
     assert expected.max() > 0.1
 
 

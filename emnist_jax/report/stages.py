@@ -112,7 +112,9 @@ def mi(inputs: Inputs) -> StageResult:
     from emnist_jax import baselines
 
     X, y = inputs.study_rows
-    study = baselines.mi_study(X, y, inputs.dataset.n_classes, inputs.profile.classic, inputs.seed)
+    with bar(X.shape[1], "pixels (sklearn MI)") as progress:
+        study = baselines.mi_study(X, y, inputs.dataset.n_classes, inputs.profile.classic, inputs.seed,
+                                   progress=lambda j: progress.update())
     arrays = {"jax": study.values}
     if study.sklearn is not None:
         arrays["sklearn"] = study.sklearn.values
