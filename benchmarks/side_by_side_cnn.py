@@ -10,7 +10,8 @@ process with the allocator setting of its half (glibc's default malloc or ``mall
 ``jnp.dot``, each JAX variant, PyTorch eager (channels_last, its default threads) and
 ``torch.compile`` (default mode; skipped with a note when it fails or takes longer than
 ``--compile-timeout``). Training images/s include the Adam step; evaluation is forward + argmax.
-The ratios divide by PyTorch eager of the same half and batch, measured in the same run.
+The ratios divide by PyTorch eager of the same half and batch, measured in the same run before and
+after the JAX variants (the mean of the two; both in the json and the table).
 PyTorch comes from the optional extra ``pip install -e '.[peers]'`` and is only imported here.
 """
 
@@ -202,7 +203,7 @@ def versions() -> dict:
     from importlib import metadata
 
     found = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "onednn"):
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "onednn-cpu-gomp"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -254,6 +255,22 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def mean_of_repeats(rows: list[dict]) -> list[dict]:
+    """One row per (variant, batch, malloc): the mean of repeated measurements, each kept in "runs"."""
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["impl"], r["batch"], r["malloc"])
+        if key not in merged:
+            merged[key] = dict(r, runs=[{k: r[k] for k in ("train", "eval", "compile_s")}])
+        else:
+            merged[key]["runs"].append({k: r[k] for k in ("train", "eval", "compile_s")})
+    for r in merged.values():
+        if len(r["runs"]) > 1:
+            for k in ("train", "eval"):
+                r[k] = sum(run[k] for run in r["runs"]) / len(r["runs"])
+    return list(merged.values())
+
+
 def with_ratios(rows: list[dict], peak: float | None) -> list[dict]:
     """Add ratio vs PyTorch eager (same half, same batch) and achieved GFLOP/s to every row."""
     base = {(r["malloc"], r["batch"]): r for r in rows if r["impl"] == "PyTorch eager, channels_last"}
@@ -289,7 +306,11 @@ def markdown(report: dict) -> str:
                   "| variant | batch | training | eval | train GFLOP/s | eval GFLOP/s | first call s |",
                   "|---|---|---|---|---|---|---|"]
         for r in (r for r in report["rows"] if r["malloc"] == malloc):
-            lines.append(f"| {r['impl']} | {r['batch']} | {cell(r['train'], r['train_vs_torch'])} | "
+            impl = r["impl"]
+            if len(r.get("runs", [])) > 1:
+                impl += " (mean of " + " and ".join(f"{run['train']:,.0f}/{run['eval']:,.0f}" for run in r["runs"]) + \
+                        ": before and after ours)"
+            lines.append(f"| {impl} | {r['batch']} | {cell(r['train'], r['train_vs_torch'])} | "
                          f"{cell(r['eval'], r['eval_vs_torch'])} | {num(r['train_gflops'])} | "
                          f"{num(r['eval_gflops'])} | {num(r['compile_s'], '{:.1f}')} |")
         lines.append("")
@@ -363,7 +384,9 @@ def main() -> None:
     settings = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
     rows, peaks, children = [], {}, []
     for malloc in settings:
-        kinds = ["jax"] + (["torch"] if has_torch else []) + \
+        # PyTorch eager before and after the JAX variants: on a shared machine the load drifts during
+        # a run, and the ratios divide by the mean of the two (both are kept in the json)
+        kinds = (["torch"] if has_torch else []) + ["jax"] + (["torch"] if has_torch else []) + \
                 (["torch-compile"] if has_torch and not args.no_torch_compile else [])
         for kind in kinds:
             print(f"malloc {malloc}: {kind} ...", flush=True)
@@ -380,6 +403,7 @@ def main() -> None:
             children.append({"kind": kind, "malloc": malloc, "mallopt_applied": out.get("mallopt_applied"),
                              "seconds": out.get("seconds")})
             rows += [dict(r, malloc=malloc) for r in out["rows"]]
+    rows = mean_of_repeats(rows)
     order = {"PyTorch eager, channels_last": 0, "PyTorch torch.compile, channels_last": 1}
     rows.sort(key=lambda r: (settings.index(r["malloc"]), order.get(r["impl"], 2)))
     for malloc in settings:
