@@ -62,7 +62,15 @@ def matmul_peak(seconds: float) -> dict:
     return {"impl": "jnp.dot fp32 2048^3", "gflops": 2 * n**3 / best / 1e9}
 
 
-def jax_rows(batches, seconds):
+def parse_variant(text: str) -> tuple:
+    """"default" or "conv:K:loop" (e.g. "onednn:4:scan") -> an entry of VARIANTS."""
+    if text == "default":
+        return ("default", None, None)
+    conv, k, loop = text.split(":")
+    return (conv, int(k), loop)
+
+
+def jax_rows(batches, seconds, variants=VARIANTS):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -77,7 +85,7 @@ def jax_rows(batches, seconds):
     images = jnp.asarray(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 62, n).astype(np.int32))
     rows = []
-    for conv, k, loop in VARIANTS:
+    for conv, k, loop in variants:
         if conv != "default" and conv not in available_conv_impls():
             continue
         for batch in batches:
@@ -189,7 +197,8 @@ def child(args) -> None:
     if args.child == "jax":
         from emnist_jax.cnn import onednn
 
-        out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds),
+        out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds,
+                                                                            [parse_variant(v) for v in args.variants]),
                "onednn_unavailable": onednn.unavailable_reason()}
     else:
         out = {"rows": torch_rows(args.batches, args.seconds, compiled=args.child == "torch-compile")}
@@ -227,7 +236,7 @@ def machine() -> dict:
 
 def run_child(kind: str, malloc: str, args, timeout: float | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", kind, "--malloc", malloc,
-               "--seconds", str(args.seconds), "--batches", *map(str, args.batches)]
+               "--seconds", str(args.seconds), "--batches", *map(str, args.batches), "--variants", *args.variants]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -363,6 +372,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--malloc", choices=("tuned", "default", "both"), default="tuned",
                         help="allocator setting of the children (default: mallopt tuned, as `python -m emnist_jax.cnn`)")
+    parser.add_argument("--variants", nargs="+", default=["default"] + [f"{c}:{k}:{l}" for c, k, l in VARIANTS[1:]],
+                        help="JAX variants, 'default' or conv:K:loop (default: all of VARIANTS)")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile-timeout", type=float, default=400.0,
