@@ -45,8 +45,9 @@ from sklearn.preprocessing import StandardScaler
 
 from emnist_jax.classic_config import ClassicConfig, is_integer as _is_int
 
-# JAX (emnist_jax.features, emnist_jax.logreg) is imported where it is used: the process that runs
-# the PCA sweep's sklearn logistic regressions imports this module and needs only scikit-learn.
+# JAX (emnist_jax.features, emnist_jax.logreg) is imported where it is used, so that importing this
+# module stays light (the PCA sweep's worker processes import it; their regressions then import
+# emnist_jax.features, and with it JAX, for one_blas_thread).
 
 #: the study's logistic regression ran on 29 PCA components (its PCA loop's largest n)
 LOGREG_PCA_COMPONENTS = 29
@@ -92,17 +93,27 @@ def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = Fa
     For non-negative pixels (the study's case) the k-NN call is sklearn's own preparation done
     in place: one float64 copy of X, scaled, its noise drawn ``NOISE_ROWS`` rows at a time from the
     same stream, then sklearn's per-pixel estimator. Bit for bit ``mutual_info_classif``
-    (tests/test_baselines.py), with one copy of X where sklearn's holds four (1.2 GB at the study's
-    50,000 x 784); ``progress(j)`` is called as pixel j's estimate arrives (in pixel order).
+    (tests/test_baselines.py); at most two float64 copies of X at a time (the scaling's standard
+    deviation makes one) where sklearn's holds four (1.2 GB at the study's 50,000 x 784).
+    ``progress(j)`` is called as pixel j's estimate arrives (in pixel order; on other paths once,
+    for the last pixel, at the end).
     """
-    X = np.asarray(X)
-    y = np.ravel(y)
-    if discrete or X.ndim != 2 or not X.size or X.min() < 0:
-        return mutual_info_classif(X, y, discrete_features=discrete, random_state=seed, n_jobs=n_jobs)
-    from joblib import Parallel, delayed
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_X_y
+
+    X, y = check_X_y(X, y, dtype=None)  # sklearn's own checks and messages
+    check_classification_targets(y)
+    with np.errstate(invalid="ignore"):
+        lean = not discrete and X.size and np.isfinite(X).all() and X.min() >= 0
+    if not lean:
+        mi = mutual_info_classif(X, y, discrete_features=discrete, random_state=seed, n_jobs=n_jobs)
+        if progress:
+            progress(X.shape[1] - 1)
+        return mi
     from sklearn.feature_selection._mutual_info import _compute_mi
     from sklearn.preprocessing import scale
     from sklearn.utils import check_random_state
+    from sklearn.utils.parallel import Parallel, delayed
 
     rng = check_random_state(seed)
     # Fortran order: sklearn scales and averages X[:, mask], which numpy lays out so (sums depend on it).
@@ -114,10 +125,13 @@ def sklearn_mutual_information(X: np.ndarray, y: np.ndarray, discrete: bool = Fa
     estimates = Parallel(n_jobs=n_jobs, return_as="generator")(
         delayed(_compute_mi)(X[:, j], y, False, True, 3) for j in range(X.shape[1]))
     mi = np.empty(X.shape[1])
-    for j, value in enumerate(estimates):
-        mi[j] = value
-        if progress:
-            progress(j)
+    try:
+        for j, value in enumerate(estimates):
+            mi[j] = value
+            if progress:
+                progress(j)
+    finally:
+        estimates.close()  # on an error or Ctrl-C: no more pixels dispatched
     return mi
 
 
@@ -348,7 +362,10 @@ def grow_forests(fits: list[Callable[..., float]], n_jobs: int | None, done: Cal
     chunk = max(1, min(FOREST_CHUNK, TREES_IN_MEMORY // workers))
     stop = threading.Event()
     results: list[float | None] = [None] * len(fits)
-    with _large_blocks_from_mmap(), ThreadPoolExecutor(workers, thread_name_prefix="forest") as pool:
+    # sklearn's fits enter warnings.catch_warnings, which is process-wide before Python 3.14: forests
+    # fitting at once can leave each other's filters behind, so the caller's are put back at the end.
+    with warnings.catch_warnings(), _large_blocks_from_mmap(), \
+            ThreadPoolExecutor(workers, thread_name_prefix="forest") as pool:
         pending = {pool.submit(fit, chunk=chunk, stop=stop): i for i, fit in enumerate(fits)}
         try:
             while pending:
@@ -521,12 +538,12 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
     workers = min(logreg_workers, len(n_components))
     executor = None
     if workers >= 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from joblib.externals.loky import ProcessPoolExecutor
 
-        # Our own pool, started fresh ("spawn": this process runs JAX threads): joblib's reusable
-        # loky pool, taken here, was later handed to joblib.Parallel (sklearn's MI), which failed on it.
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # A pool of our own (loky: safe beside JAX's threads, no __main__ guard needed), not
+        # joblib's reusable one, which, taken here, was later handed to joblib.Parallel (sklearn's
+        # MI) and failed there.
+        executor = ProcessPoolExecutor(workers)
         pending = {n: executor.submit(study_logreg_accuracy, scores[n][0], y_train, scores[n][1], y_test,
                                       logreg_max_iter) for n in n_components}
     rows = {"logreg": [], "converged": [], "rf": [], "jax": []}
@@ -543,22 +560,26 @@ def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3
             return forest_accuracy(train, y_train, test, y_test, rf_trees, seed, n_jobs=1, **kwargs)
 
         regressions = {}
+        if executor is None:  # here, before the forests: catch_warnings is process-wide, and
+            for n in n_components:  # sklearn's forest threads enter it too
+                train, test = scores[n]
+                regressions[n] = study_logreg_accuracy(train, y_train, test, y_test, logreg_max_iter)
 
         def finished(i: int) -> None:  # a size is done when its forest and its regression are
             n = n_components[i]
-            if executor is None:  # here, while the other forests grow
-                train, test = scores[n]
-                regressions[n] = study_logreg_accuracy(train, y_train, test, y_test, logreg_max_iter)
-            else:
+            if executor is not None:
                 regressions[n] = pending[n].result()
             if progress:
                 progress(n)
 
         rows["rf"] = grow_forests([functools.partial(forest, n) for n in n_components], n_jobs, finished)
         rows["logreg"], rows["converged"] = (list(column) for column in zip(*(regressions[n] for n in n_components)))
-    finally:
-        if executor is not None:  # after an error or Ctrl-C, without waiting for queued regressions
-            executor.shutdown(wait=False, cancel_futures=True)
+    except BaseException:
+        if executor is not None:  # an error or Ctrl-C: stop the regressions, queued and running
+            executor.shutdown(wait=False, kill_workers=True)
+        raise
+    if executor is not None:
+        executor.shutdown(wait=True)
     return PCASweepResult(np.asarray(n_components), np.asarray(rows["logreg"]), np.asarray(rows["converged"]),
                           np.asarray(rows["rf"]), np.asarray(rows["jax"]), len(y_train), len(y_test),
                           logreg_max_iter, svd_solver)

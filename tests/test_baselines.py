@@ -112,6 +112,23 @@ def test_nested_pca_equals_one_pca_per_count(study_data):
     assert set(nested.to_json()) == PCA_KEYS and nested.to_json()["pca_solver"] == "covariance_eigh"
 
 
+@pytest.mark.parametrize("logreg_workers", [0, 1])
+def test_pca_sweep_records_every_unconverged_regression(study_data, logreg_workers):
+    # Regressions run in this process must not overlap the forest threads: warnings.catch_warnings
+    # is process-wide and sklearn's forest threads enter it too (they once lost flags and warnings).
+    import warnings
+
+    def active_filters():  # sklearn's threads put back the same filters with compiled patterns
+        return [(a, getattr(m, "pattern", m), c, getattr(mod, "pattern", mod), n) for a, m, c, mod, n in warnings.filters]
+
+    X, y = study_data
+    filters, show = active_filters(), warnings._showwarnmsg_impl
+    sweep = baselines.pca_sweep(X, y, (2, 4, 8, 12), rf_trees=20, logreg_max_iter=2, n_jobs=2,
+                                logreg_workers=logreg_workers)
+    assert not sweep.logreg_converged.any()
+    assert active_filters() == filters and warnings._showwarnmsg_impl is show
+
+
 def test_chunked_forest_is_the_forest(study_data):
     X, y = study_data
     X_train, X_test, y_train, _ = baselines.study_split(X[:, 200:300], y, 0.3, 0)

@@ -112,9 +112,10 @@ def mi(inputs: Inputs) -> StageResult:
     from emnist_jax import baselines
 
     X, y = inputs.study_rows
-    with bar(X.shape[1], "pixels (sklearn MI)") as progress:
+    knn = inputs.profile.classic.sklearn_mi == "default"  # the long part; the others take seconds
+    with bar(X.shape[1] if knn else 0, "pixels (sklearn k-NN MI)") as progress:
         study = baselines.mi_study(X, y, inputs.dataset.n_classes, inputs.profile.classic, inputs.seed,
-                                   progress=lambda j: progress.update())
+                                   progress=(lambda j: progress.update()) if knn else None)
     arrays = {"jax": study.values}
     if study.sklearn is not None:
         arrays["sklearn"] = study.sklearn.values
