@@ -58,6 +58,7 @@ def test_forcing_onednn_where_it_cannot_run_says_why(monkeypatch):
 
 
 def test_build_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.delenv("EMNIST_JAX_ONEDNN", raising=False)
     monkeypatch.setenv("EMNIST_JAX_ONEDNN_ROOT", str(tmp_path))
     with pytest.raises(onednn.OnednnUnavailable, match=f"oneDNN not found under {tmp_path}.*onednn"):
         onednn.build(str(tmp_path / "cache"))
