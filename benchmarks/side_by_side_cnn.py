@@ -11,7 +11,10 @@ process with the allocator setting of its half (glibc's default malloc or ``mall
 ``torch.compile`` (default mode; skipped with a note when it fails or takes longer than
 ``--compile-timeout``). Training images/s include the Adam step; evaluation is forward + argmax.
 The ratios divide by PyTorch eager of the same half and batch, measured in the same run before and
-after the JAX variants (the mean of the two; both in the json and the table).
+after the JAX variants (the mean of the two; both in the json and the table). On a shared machine
+the load drifts within minutes, so ``--rounds`` more rounds (default 8) compare our CPU default and
+PyTorch eager in turns: two children wait on stdin and are timed alternately (training, then
+evaluation, the order alternating per round); the table gives medians and the range of the ratios.
 PyTorch comes from the optional extra ``pip install -e '.[peers]'`` and is only imported here.
 """
 
@@ -188,12 +191,140 @@ def torch_rows(batches, seconds, compiled: bool):
     return rows
 
 
+def serve(kind: str, batches) -> None:
+    """A child that waits on stdin: "train B S" / "eval B S" time S seconds of that work at batch B
+    and print images/s; "quit" ends. Two such children (ours, PyTorch eager) are driven in turns by
+    :func:`interleaved`; the idle one sleeps in a read, so it takes nothing from the other."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images_np = rng.integers(0, 256, (8192, 28, 28), dtype=np.uint8)
+    labels_np = rng.integers(0, 62, 8192).astype(np.int32)
+    work = {}
+    if kind == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        from emnist_jax.cnn import TrainConfig
+        from emnist_jax.cnn.train import create_state, eval_batch, make_mesh, train_calls, zero_sums
+
+        mesh = make_mesh()
+        images, labels = jnp.asarray(images_np), jnp.asarray(labels_np)
+        for batch in batches:
+            config = TrainConfig(batch_size=batch).resolved("cpu")
+            index = jnp.asarray(rng.integers(0, 8192, (64, config.steps_per_call, batch)).astype(np.int32))
+            box = {"state": create_state(config, 62), "sums": zero_sums(), "call": 0}
+
+            def train(seconds, config=config, index=index, box=box, batch=batch):
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    box["state"], box["sums"] = train_calls(box["state"], images, labels, index, box["call"] % 64,
+                                                            box["sums"], mesh=mesh, loop=config.loop,
+                                                            grad_chunk=config.grad_chunk)
+                    box["call"] += 1
+                    done += config.steps_per_call * batch
+                    if box["call"] % 2 == 0:
+                        jax.block_until_ready(box["sums"])
+                jax.block_until_ready(box["sums"])
+                return done / (time.perf_counter() - start)
+
+            def evaluate(seconds, box=box, batch=batch):
+                mask, done, start = jnp.ones(batch), 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    result = eval_batch(box["state"].params, images[:batch], labels[:batch], mask,
+                                        apply_fn=box["state"].apply_fn, mesh=mesh)
+                    done += batch
+                jax.block_until_ready(result)
+                return done / (time.perf_counter() - start)
+
+            work[batch] = (train, evaluate, f"{config.conv_impl} K={config.steps_per_call} {config.loop}")
+    else:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        data, tlabels = torch.from_numpy(images_np[:, None]), torch.from_numpy(labels_np.astype(np.int64))
+        for batch in batches:
+            model = torch_model()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+
+            def train(seconds, model=model, optimizer=optimizer, batch=batch):
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    rows = torch.randint(0, 8192, (batch,))
+                    x = (data[rows].float() / 255.0).contiguous(memory_format=torch.channels_last)
+                    optimizer.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(model(x), tlabels[rows]).backward()
+                    optimizer.step()
+                    done += batch
+                return done / (time.perf_counter() - start)
+
+            def evaluate(seconds, model=model, batch=batch):
+                x = (data[:batch].float() / 255.0).contiguous(memory_format=torch.channels_last)
+                done, start = 0, time.perf_counter()
+                with torch.inference_mode():
+                    while time.perf_counter() - start < seconds:
+                        model(x).argmax(1)
+                        done += batch
+                return done / (time.perf_counter() - start)
+
+            work[batch] = (train, evaluate, "PyTorch eager, channels_last")
+    for train, evaluate, _ in work.values():   # compile and warm up
+        train(0.5), evaluate(0.3)
+    print(json.dumps({batch: w[2] for batch, w in work.items()}), flush=True)
+    for line in sys.stdin:
+        what, batch, seconds = (line.split() + ["", "", ""])[:3]
+        if what == "quit":
+            break
+        train, evaluate, _ = work[int(batch)]
+        print((train if what == "train" else evaluate)(float(seconds)), flush=True)
+
+
+def interleaved(args, malloc: str) -> list[dict]:
+    """Our CPU default and PyTorch eager in two waiting children, driven in turns: per round and batch,
+    training then evaluation, the order alternating, so that both see the same load."""
+    children = {}
+    for kind in ("jax", "torch"):
+        command = [sys.executable, os.path.abspath(__file__), "--child", f"serve-{kind}", "--malloc", malloc,
+                   "--batches", *map(str, args.batches)]
+        children[kind] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+    try:
+        names = {kind: json.loads(child.stdout.readline()) for kind, child in children.items()}
+
+        def ask(kind, what, batch, seconds):
+            children[kind].stdin.write(f"{what} {batch} {seconds}\n")
+            children[kind].stdin.flush()
+            return float(children[kind].stdout.readline())
+
+        out, seconds = [], args.seconds / 2
+        for r in range(args.rounds):
+            for batch in args.batches:
+                order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+                result = {"batch": batch, "round": r, "ours_variant": names["jax"][str(batch)]}
+                for what in ("train", "eval"):
+                    for kind in order:
+                        result[f"{'ours' if kind == 'jax' else 'torch'}{'' if what == 'train' else '_eval'}"] = \
+                            ask(kind, what, batch, seconds if what == "train" else seconds / 2)
+                out.append(result)
+        return out
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.stdin.write("quit\n")
+                child.stdin.close()
+                child.wait(timeout=60)
+
+
 def child(args) -> None:
     malloc = False
     if args.malloc == "tuned":
         from emnist_jax.cnn.malloc import tune_malloc
 
         malloc = tune_malloc()
+    if args.child.startswith("serve-"):
+        serve(args.child[len("serve-"):], args.batches)
+        return
     if args.child == "jax":
         from emnist_jax.cnn import onednn
 
@@ -236,7 +367,8 @@ def machine() -> dict:
 
 def run_child(kind: str, malloc: str, args, timeout: float | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", kind, "--malloc", malloc,
-               "--seconds", str(args.seconds), "--batches", *map(str, args.batches), "--variants", *args.variants]
+               "--seconds", str(args.seconds), "--batches", *map(str, args.batches), "--variants", *args.variants,
+               "--rounds", str(args.rounds)]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -293,6 +425,22 @@ def with_ratios(rows: list[dict], peak: float | None) -> list[dict]:
     return rows
 
 
+def interleaved_medians(rounds: list[dict]) -> list[dict]:
+    """Per malloc setting and batch: the median over rounds of each figure and of the two ratios."""
+    import statistics
+
+    out = []
+    for key in dict.fromkeys((r["malloc"], r["batch"]) for r in rounds):
+        these = [r for r in rounds if (r["malloc"], r["batch"]) == key]
+        med = {f: statistics.median(r[f] for r in these) for f in ("ours", "torch", "ours_eval", "torch_eval")}
+        out.append(dict(med, malloc=key[0], batch=key[1], rounds=len(these), ours_variant=these[0]["ours_variant"],
+                        train_ratio=statistics.median(r["ours"] / r["torch"] for r in these),
+                        eval_ratio=statistics.median(r["ours_eval"] / r["torch_eval"] for r in these),
+                        train_ratio_range=(min(r["ours"] / r["torch"] for r in these),
+                                           max(r["ours"] / r["torch"] for r in these))))
+    return out
+
+
 def markdown(report: dict) -> str:
     def num(x, fmt="{:,.0f}"):
         return "" if x is None else fmt.format(x)
@@ -322,6 +470,19 @@ def markdown(report: dict) -> str:
             lines.append(f"| {impl} | {r['batch']} | {cell(r['train'], r['train_vs_torch'])} | "
                          f"{cell(r['eval'], r['eval_vs_torch'])} | {num(r['train_gflops'])} | "
                          f"{num(r['eval_gflops'])} | {num(r['compile_s'], '{:.1f}')} |")
+        lines.append("")
+    if report.get("interleaved_medians"):
+        lines += ["## Interleaved: our CPU default and PyTorch eager taking turns", "",
+                  "Two waiting child processes driven in turns: rounds of a few seconds each, training then "
+                  "evaluation, the order alternating, so both see the same load; medians over the rounds (the "
+                  "ratio is the median of the per-round ratios, its range in brackets).", "",
+                  "| malloc | batch | ours | rounds | ours train | PyTorch train | ratio (range) | ours eval | "
+                  "PyTorch eval | eval ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for m in report["interleaved_medians"]:
+            lo, hi = m["train_ratio_range"]
+            lines.append(f"| {m['malloc']} | {m['batch']} | {m['ours_variant']} | {m['rounds']} | "
+                         f"{m['ours']:,.0f} | {m['torch']:,.0f} | {m['train_ratio']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                         f"{m['ours_eval']:,.0f} | {m['torch_eval']:,.0f} | {m['eval_ratio']:.2f}x |")
         lines.append("")
     if report["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -379,7 +540,11 @@ def main() -> None:
     parser.add_argument("--compile-timeout", type=float, default=400.0,
                         help="seconds allowed to the torch.compile child before it is skipped")
     parser.add_argument("--out", default=os.path.join("reports", "performance"), help="folder for cpu.json/.md/.png")
-    parser.add_argument("--child", choices=("jax", "torch", "torch-compile"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="rounds of the interleaved comparison (our default and PyTorch eager alternating in "
+                             "one process; 0: skip)")
+    parser.add_argument("--child", choices=("jax", "torch", "torch-compile", "serve-jax", "serve-torch"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -415,6 +580,11 @@ def main() -> None:
                              "seconds": out.get("seconds")})
             rows += [dict(r, malloc=malloc) for r in out["rows"]]
     rows = mean_of_repeats(rows)
+    rounds = []
+    if has_torch and args.rounds:
+        for malloc in settings:
+            print(f"malloc {malloc}: interleaved ...", flush=True)
+            rounds += [dict(r, malloc=malloc) for r in interleaved(args, malloc)]
     order = {"PyTorch eager, channels_last": 0, "PyTorch torch.compile, channels_last": 1}
     rows.sort(key=lambda r: (settings.index(r["malloc"]), order.get(r["impl"], 2)))
     for malloc in settings:
@@ -437,6 +607,8 @@ def main() -> None:
         "seconds_per_variant": args.seconds,
         "children": children,
         "rows": rows,
+        "interleaved": rounds,
+        "interleaved_medians": interleaved_medians(rounds),
         "notes": notes,
     }
     write_atomic(os.path.join(args.out, "cpu.json"), (json.dumps(report, indent=1) + "\n").encode())
