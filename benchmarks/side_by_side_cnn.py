@@ -361,8 +361,7 @@ def machine() -> dict:
         simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
     except (OSError, StopIteration):
         simd = []
-    return {"cpu": model, "cpus": os.cpu_count(), "simd": simd, "system": platform.platform(),
-            "load_average_at_start": os.getloadavg()}
+    return {"cpu": model, "cpus": os.cpu_count(), "simd": simd, "system": platform.platform()}
 
 
 def run_child(kind: str, malloc: str, args, timeout: float | None = None) -> dict:
@@ -389,6 +388,9 @@ def write_atomic(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # as an ordinary file (mkstemp makes it private)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -451,8 +453,9 @@ def markdown(report: dict) -> str:
     lines = [f"# CNN throughput on a CPU, side by side ({report['date']})", "",
              f"Command: `{report['command']}`", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs "
-             f"({', '.join(report['machine']['simd'])}); load average at start "
-             f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}. ",
+             f"({', '.join(report['machine']['simd'])}); load average (1, 5, 15 min) at start "
+             f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}, at end "
+             f"{', '.join(f'{x:.2f}' for x in report['machine'].get('load_average_at_end', ()))}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".", ""]
     for malloc in report["malloc_settings"]:
         peak = report["matmul_peak_gflops"].get(malloc)
@@ -559,6 +562,7 @@ def main() -> None:
     notes = [] if has_torch or args.no_torch else ["PyTorch not installed (pip install -e '.[peers]'): no ratios"]
     settings = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
     rows, peaks, children = [], {}, []
+    load_at_start = os.getloadavg()
     for malloc in settings:
         # PyTorch eager before and after the JAX variants: on a shared machine the load drifts during
         # a run, and the ratios divide by the mean of the two (both are kept in the json)
@@ -597,7 +601,7 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": "python benchmarks/side_by_side_cnn.py " + " ".join(sys.argv[1:]),
-        "machine": dict(machine(), load_average_at_end=os.getloadavg()),
+        "machine": dict(machine(), load_average_at_start=load_at_start, load_average_at_end=os.getloadavg()),
         "versions": versions(),
         "malloc_settings": settings,
         "malloc_meaning": {"default": "glibc's defaults", "tuned": "mallopt(M_MMAP_MAX, 0), "

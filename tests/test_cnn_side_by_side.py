@@ -38,12 +38,14 @@ def test_report_files_are_written_whole(tmp_path):
                                 row("ours, onednn K=4 scan (CPU default)", 64, 1500.0, 5000.0, default=True)])
     sbs.with_ratios(rows, peak=400.0)
     report = {"date": "d", "command": "python benchmarks/side_by_side_cnn.py", "versions": {"jax": "0"},
-              "machine": {"cpu": "cpu", "cpus": 2, "simd": ["avx512f"], "load_average_at_start": (0.1, 0.2, 0.3)},
+              "machine": {"cpu": "cpu", "cpus": 2, "simd": ["avx512f"], "load_average_at_start": (0.1, 0.2, 0.3),
+                          "load_average_at_end": (1.0, 0.5, 0.4)},
               "malloc_settings": ["tuned"], "matmul_peak_gflops": {"tuned": 400.0}, "rows": rows,
               "notes": ["a note"]}
     text = sbs.markdown(report)
     assert "| ours, onednn K=4 scan (CPU default) | 64 | 1,500 (1.50x) | 5,000 (1.25x) | 69 | 77 | 1.0 |" in text
     assert "fp32 matrix peak (jnp.dot 2048^3) 400 GFLOP/s" in text and "- a note" in text
+    assert "at start 0.10, 0.20, 0.30, at end 1.00, 0.50, 0.40" in text
     path = tmp_path / "out" / "cpu.json"
     sbs.write_atomic(str(path), json.dumps(report).encode())
     sbs.chart(report, str(tmp_path / "out" / "cpu.png"))
