@@ -54,9 +54,12 @@ UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this b
 #: without it the CPU falls back to BACKEND_DEFAULTS["cpu"].
 CPU_ONEDNN = BackendDefaults(
     "onednn", 4, "scan", grad_chunk=0, source=
-    "measured on the 2-core development machine (/tmp/quick_bench-style loop over train_calls, mallopt tuned, "
-    "beside the lead's jobs, load ~3): onednn K=4 unrolled 1,437 images/s at batch 64 and 1,294 at 256 against "
-    "760 / 788 for slices K=4 in the same run")
+    "measured on the 2-core development machine, shared with other jobs, by benchmarks/side_by_side_cnn.py "
+    "(reports/performance/cpu.md; README, 'CNN throughput on a CPU'): onednn K=4 scan trained 3,918 / 3,898 "
+    "images/s at batch 64 / 256 against 2,836 / 3,397 for onednn K=1 and 3,347 / 2,987 for K=8 scan in the same "
+    "run, and 1.18x / 1.13x PyTorch eager in interleaved rounds (1.30x / 1.10x in the run before); a scan compiles "
+    "in ~1.5 s where K=4 unrolled took ~3.5-4.5 s at about the same speed; gradient chunks of 64 at batch 256 "
+    "gave no measurable gain (2,645 against 2,740 images/s, best of 6 interleaved rounds)")
 
 
 def onednn_available() -> bool:
