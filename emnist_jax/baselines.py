@@ -244,8 +244,9 @@ def mi_study(X: np.ndarray, y: np.ndarray, n_classes: int, config: ClassicConfig
 #: classes holds ~1.3 GB of node arrays (2.35 M nodes, each with 62 float64 class fractions);
 #: 10 at a time hold ~130 MB
 FOREST_CHUNK = 10
-#: trees held at once by all the forests growing side by side (:func:`grow_forests`)
-TREES_IN_MEMORY = 20
+#: trees held at once by all the forests growing side by side (:func:`grow_forests`): ~10-22 MB
+#: each at 35,000 rows x 62 classes (more on PCA scores than on pixels)
+TREES_IN_MEMORY = 10
 
 
 M_MMAP_THRESHOLD = -3            # glibc mallopt parameter
