@@ -76,6 +76,9 @@ def test_metrics_have_the_documented_keys(smoke_report):
     for key, keys in METRIC_KEYS.items():
         assert keys <= set(metrics[key]), key
     assert set(metrics["seconds"]) == set(report.STAGES)
+    # CPU seconds per stage (the cnn stage alone trains for seconds, so it cannot read 0) and the peak
+    assert set(metrics["cpu_seconds"]) == set(report.STAGES) and metrics["cpu_seconds"]["cnn"] > 0.1
+    assert 100 * 2**20 < metrics["peak_memory_bytes"] < 64 * 2**30
     assert metrics["cnn"]["n_params"] == 362_942
     assert {"loss", "accuracy", "seconds", "images_per_second"} <= set(metrics["cnn"]["epochs"][0])
     assert metrics["dataset"]["synthetic"] is True and metrics["resumed_stages"] == []

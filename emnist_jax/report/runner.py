@@ -20,7 +20,8 @@ from emnist_jax.profiles import Profile
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
 #: metrics.json keys that hold wall-clock measurements; everything else is equal between an
 #: uninterrupted run and a resumed one
-TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second")
+TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second",
+               "cpu_seconds", "peak_memory_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,21 @@ class Log:
 
     def __call__(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.1f} s] {message}", flush=True)
+
+
+def usage() -> tuple[float, int]:
+    """(CPU seconds of this process and its finished worker processes, this process's peak resident bytes).
+
+    The CPU seconds over a stage's wall seconds say how many cores it kept busy, so a log shows
+    what more cores would buy; (0.0, 0) where the ``resource`` module is missing (Windows).
+    """
+    try:
+        import resource
+    except ImportError:
+        return 0.0, 0
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+    return cpu, own.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
 
 
 def default_out(source: str, split: str, profile: str) -> Path:
@@ -144,7 +160,7 @@ def _run(options: Options) -> int:
             f"profile {profile.name}, seed {profile.classic.seed}; "
             + (f"writing {target}" if writer else f"process {jax.process_index()} of {jax.process_count()}: "
                "runs every stage beside process 0 (the CNN together with it); process 0 writes the report"))
-        status, seconds, sections, metrics, resumed = {}, {}, {}, {}, []
+        status, seconds, cpu_seconds, sections, metrics, resumed = {}, {}, {}, {}, {}, []
         for stage in STAGE_NAMES:
             # Every process runs every stage, so all reach the CNN's collectives together instead of
             # waiting in them while process 0 runs minutes of scikit-learn; a stage that process 0
@@ -154,7 +170,7 @@ def _run(options: Options) -> int:
                 status[stage] = "skipped"
                 continue
             current = stage
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), usage()[0]
             result = state.load(stage) if (state and options.resume) else None
             if result is not None:
                 resumed.append(stage)
@@ -168,6 +184,7 @@ def _run(options: Options) -> int:
                     _failed(stage, error, status, staging)
                 else:
                     result.seconds = time.perf_counter() - started
+                    result.cpu_seconds = usage()[0] - cpu_started
                     if state:
                         state.save(stage, result)  # an OSError here (a full disk) ends the run: exit 2
             if stage not in status:
@@ -182,10 +199,14 @@ def _run(options: Options) -> int:
                 except Exception as error:
                     _failed(stage, error, status, staging)
                 seconds[stage] = result.seconds + time.perf_counter() - drawn  # the work and its figures
+                cpu_seconds[stage] = result.cpu_seconds
             else:
                 seconds[stage] = time.perf_counter() - started
+            cpu, peak = usage()
             log(f"{stage} {status[stage].split(':')[0]} in {time.perf_counter() - started:.1f} s"
-                + (f" (stored result; it took {seconds[stage]:.1f} s)" if stage in resumed else ""))
+                + (f" (stored result; it took {seconds[stage]:.1f} s)" if stage in resumed else
+                   f" (CPU {cpu - cpu_started:,.0f} s: {(cpu - cpu_started) / max(time.perf_counter() - started, 1e-9):.1f}"
+                   f" cores busy; peak memory so far {peak / 2**30:.2f} GiB)" if peak else ""))
         current = "writing the report"
         if not writer:
             return 1 if any(v.startswith("failed") for v in status.values()) else 0
@@ -196,6 +217,7 @@ def _run(options: Options) -> int:
         metrics = {
             "schema_version": 1, "command": options.command, "profile": profile.name, "seed": profile.classic.seed,
             "stages": status, "seconds": seconds, "total_seconds": time.perf_counter() - log.started,
+            "cpu_seconds": cpu_seconds, "peak_memory_bytes": usage()[1],
             "resumed_stages": resumed,
             "dataset": {"source": d.source, "split": d.split, "synthetic": d.synthetic, "n_train": len(d.train_labels),
                         "n_test": len(d.test_labels), "n_classes": d.n_classes, "classes": list(d.classes)},

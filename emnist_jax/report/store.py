@@ -42,6 +42,7 @@ class StageResult:
     metrics: dict[str, Any]
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0         # of this process and its finished workers
 
 
 def jsonable(value: Any) -> Any:
@@ -184,7 +185,7 @@ class Store:
                     arrays = {name: data[name] for name in stored["arrays"]}
             except (OSError, ValueError, KeyError):
                 return None
-        return StageResult(stored["metrics"], arrays, stored["seconds"])
+        return StageResult(stored["metrics"], arrays, stored["seconds"], stored.get("cpu_seconds", 0.0))
 
     def save(self, stage: str, result: StageResult) -> None:
         """Store ``result`` (arrays first: the JSON's presence means the stage finished)."""
@@ -193,7 +194,8 @@ class Store:
             np.savez(buffer, **result.arrays)
             write_bytes_atomic(self.folder / f"{stage}.npz", buffer.getvalue())
         write_bytes_atomic(self.folder / f"{stage}.json", json.dumps(
-            {"metrics": result.metrics, "arrays": sorted(result.arrays), "seconds": result.seconds}).encode())
+            {"metrics": result.metrics, "arrays": sorted(result.arrays), "seconds": result.seconds,
+             "cpu_seconds": result.cpu_seconds}).encode())
 
     def remove(self) -> None:
         """Delete the state folder (the report is finished)."""
