@@ -24,7 +24,9 @@ import pytest
 from emnist_jax.cnn import TrainConfig, n_params, train_and_evaluate
 from emnist_jax.cnn.config import BACKEND_DEFAULTS
 from emnist_jax.cnn.model import StudyCNN, initial_params, max_pool_same
-from emnist_jax.cnn.train import create_state, make_mesh, replicate, replicate_tree, train_calls, zero_sums
+from emnist_jax.cnn import train as train_module
+from emnist_jax.cnn.train import (create_state, make_mesh, place_rows, replicate, replicate_tree, train_calls,
+                                  zero_sums)
 from emnist_jax.data import Dataset, load, write_mat
 
 CFG = TrainConfig(epochs=2, batch_size=16, conv_impl="xla", steps_per_call=2, loop="unroll", eval_batch_size=64,
@@ -88,6 +90,24 @@ def runs(small):
 
 
 # ---- the model ------------------------------------------------------------------------------
+
+def test_training_images_are_placed_from_one_host_copy(monkeypatch):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (3000, 28, 28), dtype=np.uint8)
+    rows = rng.permutation(3000)[:2000]
+    handed = []
+    monkeypatch.setattr(train_module, "replicate", lambda host, mesh: handed.append(host) or replicate(host, mesh))
+    tracemalloc.start()
+    placed = place_rows(array, rows, make_mesh())
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.array_equal(np.asarray(placed), array[rows])
+    assert numpy_peak < 1.3 * array[rows].nbytes   # no buffered second gather (np.take's mode="raise")
+    if jax.default_backend() == "cpu":              # the device array is the host buffer, not a copy of it
+        assert placed.addressable_shards[0].data.unsafe_buffer_pointer() == handed[0].ctypes.data
+
 
 def test_parameter_count_is_the_keras_models():
     assert n_params(62) == 362_942  # ORIGINAL_STUDY.md 6.2

@@ -148,6 +148,26 @@ def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(array))
 
 
+#: XLA's CPU client places a host array without copying it when its data is aligned so
+XLA_ALIGNMENT = 64
+
+
+def place_rows(array: np.ndarray, rows: np.ndarray, mesh: Mesh) -> jax.Array:
+    """``array[rows]`` on every device of the mesh, gathered into a 64-byte aligned host buffer.
+
+    On a CPU, JAX then uses that buffer as the device array's own instead of copying it: placing
+    the 467,614 training images of ByClass (0.34 GiB) took +0.68 GiB with ``replicate(array[rows])``
+    (numpy's buffer is 16-byte aligned), one copy here. Elsewhere it is copied to the devices as before.
+    """
+    shape = (len(rows), *array.shape[1:])
+    size = math.prod(shape) * array.dtype.itemsize
+    raw = np.empty(size + XLA_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % XLA_ALIGNMENT
+    out = raw[offset:offset + size].view(array.dtype).reshape(shape)
+    np.take(array, rows, axis=0, out=out, mode="clip")  # rows are valid; "raise" would buffer a whole copy
+    return replicate(out, mesh)
+
+
 def replicate_tree(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda leaf: replicate(np.asarray(leaf), mesh), tree)
 
@@ -377,7 +397,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
             raise CheckpointError(f"{checkpoints.folder}: holds the checkpoints of an earlier run; resume it "
                                   "(--resume) or use another workdir")
 
-    images = replicate(dataset.train_images[train_rows], mesh)
+    images = place_rows(dataset.train_images, train_rows, mesh)
     labels = replicate(dataset.train_labels[train_rows].astype(np.int32), mesh)
     key = jax.random.key(config.seed)
     state = replicate_tree(create_state(config, dataset.n_classes, (config.seed, 0)), mesh)
