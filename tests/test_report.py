@@ -58,6 +58,23 @@ def smoke_report(tiny_dataset, tmp_path_factory):
     return code, out
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="running workers are read from /proc")
+def test_cpu_seconds_count_workers_that_still_run_and_those_that_ended():
+    from emnist_jax.report.runner import usage
+
+    before = usage()[0]
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\nprint(flush=True)\ntime.sleep(60)"
+    worker = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
+    try:
+        worker.stdout.readline()                      # it has spent 1 CPU second and sleeps
+        running = usage()[0] - before
+        assert running >= 1.0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert usage()[0] - before >= running             # reaped: counted by RUSAGE_CHILDREN instead
+
+
 def test_whole_report_runs_and_writes_everything(smoke_report):
     code, out = smoke_report
     assert code == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -48,18 +49,44 @@ class Log:
 
 
 def usage() -> tuple[float, int]:
-    """(CPU seconds of this process and its finished worker processes, this process's peak resident bytes).
+    """(CPU seconds of this process and of its worker processes, this process's peak resident bytes).
 
     The CPU seconds over a stage's wall seconds say how many cores it kept busy, so a log shows
-    what more cores would buy; (0.0, 0) where the ``resource`` module is missing (Windows).
+    what more cores would buy. Workers count whether they have ended (``RUSAGE_CHILDREN``) or
+    still run (joblib's reusable workers: read from ``/proc`` where there is one); (0.0, 0) where
+    the ``resource`` module is missing (Windows).
     """
     try:
         import resource
     except ImportError:
         return 0.0, 0
-    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + _running_workers_cpu()
     return cpu, own.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
+def _running_workers_cpu() -> float:
+    """CPU seconds of this process's descendants that have not been waited for (Linux; else 0)."""
+    parent_of, seconds = {}, {}
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        names = [name for name in os.listdir("/proc") if name.isdigit()]
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    for name in names:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (command)", which may hold spaces
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parent_of[int(name)] = int(fields[1])
+        seconds[int(name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    total, mine = 0.0, {os.getpid()}
+    for pid in sorted(parent_of):  # children have larger pids, unless the pids wrapped around
+        if parent_of[pid] in mine:
+            mine.add(pid)
+            total += seconds[pid]
+    return total
 
 
 def default_out(source: str, split: str, profile: str) -> Path:
