@@ -81,11 +81,14 @@ def _running_workers_cpu() -> float:
             continue  # ended meanwhile
         parent_of[int(name)] = int(fields[1])
         seconds[int(name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    total, mine = 0.0, {os.getpid()}
-    for pid in sorted(parent_of):  # children have larger pids, unless the pids wrapped around
-        if parent_of[pid] in mine:
-            mine.add(pid)
-            total += seconds[pid]
+    children: dict[int, list[int]] = {}
+    for pid, parent in parent_of.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += seconds[pid]
+        todo += children.get(pid, [])
     return total
 
 
