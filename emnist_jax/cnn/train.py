@@ -35,6 +35,7 @@ from emnist_jax.cnn.evaluation import Evaluation, summarize
 from emnist_jax.cnn.interrupts import DeferredSignals, TrainingInterrupted, _Forced
 from emnist_jax.cnn.model import StudyCNN, initial_params, n_params
 from emnist_jax.data import Dataset
+from emnist_jax.data.formats import ALIGNMENT, aligned_empty
 from emnist_jax.devices import initialize_distributed
 
 TrainState = train_state.TrainState
@@ -148,24 +149,19 @@ def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(array))
 
 
-#: XLA's CPU client places a host array without copying it when its data is aligned so
-XLA_ALIGNMENT = 64
+def place_images(images: np.ndarray, mesh: Mesh) -> jax.Array:
+    """``images`` on every device of the mesh; on a CPU, the host array itself when it can be.
 
-
-def place_rows(array: np.ndarray, rows: np.ndarray, mesh: Mesh) -> jax.Array:
-    """``array[rows]`` on every device of the mesh, gathered into a 64-byte aligned host buffer.
-
-    On a CPU, JAX then uses that buffer as the device array's own instead of copying it: placing
-    the 467,614 training images of ByClass (0.34 GiB) took +0.68 GiB with ``replicate(array[rows])``
-    (numpy's buffer is 16-byte aligned), one copy here. Elsewhere it is copied to the devices as before.
+    XLA's CPU client uses a C-ordered host buffer that starts at a multiple of 64 bytes as the
+    device array without copying it, and :func:`emnist_jax.data.load` gives such arrays: the
+    training images then cost no memory twice (547 MB at ByClass size; a gathered copy of the
+    training rows held 0.34 GiB more, its placement briefly 0.68). Other arrays are copied once.
     """
-    shape = (len(rows), *array.shape[1:])
-    size = math.prod(shape) * array.dtype.itemsize
-    raw = np.empty(size + XLA_ALIGNMENT, np.uint8)
-    offset = -raw.ctypes.data % XLA_ALIGNMENT
-    out = raw[offset:offset + size].view(array.dtype).reshape(shape)
-    np.take(array, rows, axis=0, out=out, mode="clip")  # rows are valid; "raise" would buffer a whole copy
-    return replicate(out, mesh)
+    if not (images.flags.c_contiguous and images.ctypes.data % ALIGNMENT == 0):
+        aligned = aligned_empty(images.shape, images.dtype)
+        aligned[...] = images
+        images = aligned
+    return replicate(images, mesh)
 
 
 def replicate_tree(tree: Any, mesh: Mesh) -> Any:
@@ -214,22 +210,23 @@ def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index:
 train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop", "grad_chunk"), donate_argnames=("state", "sums"))
 
 
-def _epoch_index(key: jax.Array, epoch: jax.Array, start: jax.Array, n: int, batch: int, k: int, calls: int,
-                 mesh: Mesh) -> jax.Array:
-    order = jax.random.permutation(jax.random.fold_in(key, epoch + 1), n).astype(jnp.int32)
+def _epoch_index(key: jax.Array, epoch: jax.Array, start: jax.Array, rows: jax.Array, batch: int, k: int,
+                 calls: int, mesh: Mesh) -> jax.Array:
+    order = rows[jax.random.permutation(jax.random.fold_in(key, epoch + 1), len(rows))]
     padded = jnp.concatenate([order, jnp.full(calls * k * batch, -1, jnp.int32)])
     rest = jax.lax.dynamic_slice_in_dim(padded, start * batch, calls * k * batch)
     return _shard((rest.reshape(calls, k, batch),), mesh, P())[0]
 
 
-_epoch_index_jit = jax.jit(_epoch_index, static_argnames=("n", "batch", "k", "calls", "mesh"))
+_epoch_index_jit = jax.jit(_epoch_index, static_argnames=("batch", "k", "calls", "mesh"))
 
 
-def epoch_index(key: jax.Array, epoch: int, start: int, n: int, batch: int, k: int, calls: int,
+def epoch_index(key: jax.Array, epoch: int, start: int, rows: jax.Array, batch: int, k: int, calls: int,
                 mesh: Mesh) -> jax.Array:
-    """The (calls, K, B) rows of epoch ``epoch`` (0-based) from its step ``start`` on, padded with
-    -1; replicated on the mesh, placed like every other input of ``train_calls`` (one program)."""
-    index = _epoch_index_jit(key, epoch, start, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+    """The (calls, K, B) image numbers of epoch ``epoch`` (0-based) from its step ``start`` on: ``rows``
+    (the training rows, int32) shuffled, padded with -1; replicated on the mesh, placed like every
+    other input of ``train_calls`` (one program)."""
+    index = _epoch_index_jit(key, epoch, start, rows, batch=batch, k=k, calls=calls, mesh=mesh)
     return jax.device_put(index, NamedSharding(mesh, P()))
 
 
@@ -246,14 +243,17 @@ eval_batch = jax.jit(_eval_batch, static_argnames=("apply_fn", "mesh"))
 
 def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
              batch_size: int = 1024, mesh: Mesh | None = None,
-             on_batch: Callable[[], None] | None = None) -> Evaluation:
+             on_batch: Callable[[], None] | None = None, rows: np.ndarray | None = None) -> Evaluation:
     """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
 
-    ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    ``rows``, when given, picks the images and labels evaluated (a batch at a time: no copy of the
+    set). ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
     """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
     batch_size = -(-batch_size // mesh.size) * mesh.size
+    if rows is not None:
+        labels = labels[rows]
     n = len(labels)
     padded = -(-n // batch_size) * batch_size
     mask = (np.arange(padded) < n).astype(np.float32)
@@ -261,7 +261,7 @@ def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes:
     for start in range(0, padded, batch_size):
         s = slice(start, start + batch_size)
         # Only the last batch is padded (a padded copy of the whole set cost 180 MB at ByClass's hold-out)
-        x, y = images[s], labels[s].astype(np.int32)
+        x, y = (images[s] if rows is None else images[rows[s]]), labels[s].astype(np.int32)
         if len(y) < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - len(y), *x.shape[1:]), x.dtype)])
             y = np.concatenate([y, np.zeros(batch_size - len(y), np.int32)])
@@ -397,8 +397,10 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
             raise CheckpointError(f"{checkpoints.folder}: holds the checkpoints of an earlier run; resume it "
                                   "(--resume) or use another workdir")
 
-    images = place_rows(dataset.train_images, train_rows, mesh)
-    labels = replicate(dataset.train_labels[train_rows].astype(np.int32), mesh)
+    # all the file's training images, indexed through the training rows: no copy of them on a CPU
+    images = place_images(dataset.train_images, mesh)
+    labels = replicate(dataset.train_labels.astype(np.int32), mesh)
+    rows = replicate(train_rows.astype(np.int32), mesh)
     key = jax.random.key(config.seed)
     state = replicate_tree(create_state(config, dataset.n_classes, (config.seed, 0)), mesh)
     sums = replicate_tree(zero_sums(), mesh)
@@ -446,7 +448,8 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
             try:
                 start = position
                 if start.epoch <= config.epochs:
-                    index = epoch_index(key, start.epoch - 1, start.step, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                    index = epoch_index(key, start.epoch - 1, start.step, rows, batch=batch, k=k, calls=calls,
+                                        mesh=mesh)
                     started = time.perf_counter()
                     train_calls.lower(state, images, labels, index, 0, sums, mesh=mesh, loop=config.loop,
                                       grad_chunk=grad_chunk).compile()
@@ -457,7 +460,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
                     first = start.step if epoch == start.epoch else 0
                     if epoch != start.epoch:
                         sums = replicate_tree(zero_sums(), mesh)
-                        index = epoch_index(key, epoch - 1, 0, n=n, batch=batch, k=k, calls=calls, mesh=mesh)
+                        index = epoch_index(key, epoch - 1, 0, rows, batch=batch, k=k, calls=calls, mesh=mesh)
                     bar = tqdm(total=n, initial=min(first * batch, n), desc=f"epoch {epoch}/{config.epochs}",
                                unit="img", unit_scale=True, disable=not progress or jax.process_index() != 0,
                                leave=False)
@@ -497,13 +500,13 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
                 if single and signalled():
                     raise interrupted(saved, during="evaluation")
 
-            del images, labels  # the training images leave the device before the evaluation's copies arrive
+            del images, labels  # off the devices before the evaluation's batches arrive (a copy, off a CPU)
             evaluations = {}
             try:
                 if len(holdout_rows):
-                    evaluations["holdout"] = evaluate(state, dataset.train_images[holdout_rows],
-                                                      dataset.train_labels[holdout_rows], dataset.classes,
-                                                      config.eval_batch_size, mesh, on_batch=check_signal)
+                    evaluations["holdout"] = evaluate(state, dataset.train_images, dataset.train_labels,
+                                                      dataset.classes, config.eval_batch_size, mesh,
+                                                      on_batch=check_signal, rows=holdout_rows)
                 evaluations["test"] = evaluate(state, dataset.test_images, dataset.test_labels, dataset.classes,
                                                config.eval_batch_size, mesh, on_batch=check_signal)
                 if not single and _any_process(signalled()):  # several processes agree once, at the end
