@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,21 +59,28 @@ def smoke_report(tiny_dataset, tmp_path_factory):
     return code, out
 
 
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\nprint(flush=True)\ntime.sleep(60)"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="running workers are read from /proc")
-def test_cpu_seconds_count_workers_that_still_run_and_those_that_ended():
+@pytest.mark.parametrize("depth", ["child", "grandchild"])
+def test_cpu_seconds_count_workers_that_still_run_and_those_that_ended(depth):
     from emnist_jax.report.runner import usage
 
     before = usage()[0]
-    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\nprint(flush=True)\ntime.sleep(60)"
-    worker = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
+    command = [sys.executable, "-c", SPIN]
+    if depth == "grandchild":   # a shell that waits for the spinning python (": " keeps sh from exec-ing it)
+        command = ["sh", "-c", f"{shlex.join(command)}; :"]
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
     try:
         worker.stdout.readline()                      # it has spent 1 CPU second and sleeps
         running = usage()[0] - before
         assert running >= 1.0
     finally:
-        worker.kill()
+        os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-    assert usage()[0] - before >= running             # reaped: counted by RUSAGE_CHILDREN instead
+    if depth == "child":
+        assert usage()[0] - before >= running         # reaped: counted by RUSAGE_CHILDREN instead
 
 
 def test_whole_report_runs_and_writes_everything(smoke_report):

@@ -1,8 +1,8 @@
 """Training and evaluation of the study's CNN: pure jitted steps and a short loop around them.
 
-The training images live on the devices (uint8, replicated); each epoch draws a permutation with
-``jax.random`` from ``(seed, epoch)``, so a run is reproducible and a resumed run replays the same
-batches. ``K`` steps run per jitted call, scanned or unrolled (per backend, see
+The train file's images live on the devices (uint8, replicated; on a CPU the loaded array itself);
+each epoch draws a permutation of the training rows with ``jax.random`` from ``(seed, epoch)``, so
+a run is reproducible and a resumed run replays the same batches. ``K`` steps run per jitted call, scanned or unrolled (per backend, see
 :mod:`emnist_jax.cnn.config`); the batch axis is sharded over all devices of a ``Mesh``, which
 spans every process of a multi-process run (one device is the same code). The last partial batch
 is masked rather than reshaped, so it never recompiles. The model and optimizer objects are made
@@ -154,10 +154,11 @@ def place_images(images: np.ndarray, mesh: Mesh) -> jax.Array:
 
     XLA's CPU client uses a C-ordered host buffer that starts at a multiple of 64 bytes as the
     device array without copying it, and :func:`emnist_jax.data.load` gives such arrays: the
-    training images then cost no memory twice (547 MB at ByClass size; a gathered copy of the
-    training rows held 0.34 GiB more, its placement briefly 0.68). Other arrays are copied once.
+    training images then take no second copy (547 MB at ByClass size; a gathered copy of the
+    training rows held 0.34 GiB more). The caller must not change ``images`` while the result is
+    in use. Elsewhere the devices get their copy of the whole array as they would anyway.
     """
-    if not (images.flags.c_contiguous and images.ctypes.data % ALIGNMENT == 0):
+    if platform_of(mesh) == "cpu" and not (images.flags.c_contiguous and images.ctypes.data % ALIGNMENT == 0):
         aligned = aligned_empty(images.shape, images.dtype)
         aligned[...] = images
         images = aligned

@@ -28,7 +28,7 @@ from emnist_jax.data.formats import aligned_empty, os_reason
 #: Bump when the stored arrays' meaning changes.
 CACHE_VERSION = 1
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "classes", "file_labels", "synthetic")
-IMAGES = ("train_images", "test_images")   # read into aligned buffers
+IMAGES = ("train_images", "test_images")   # read into aligned buffers: the CNN trains on them in place
 #: Temporary files older than this are leftovers of a killed process (a write takes seconds).
 STALE_TEMPORARY_S = 3600
 
@@ -120,22 +120,29 @@ def read(key: str) -> dict[str, np.ndarray] | None:
 
 def _read_aligned(archive: zipfile.ZipFile, name: str, block: int = 1 << 24) -> np.ndarray:
     """The array ``name`` of an ``np.savez`` archive, read a block at a time into an aligned buffer
-    (:func:`~emnist_jax.data.formats.aligned_empty`; ``np.load`` gives 16-byte aligned ones)."""
-    with archive.open(f"{name}.npy") as f:
+    (:func:`~emnist_jax.data.formats.aligned_empty`, which JAX on a CPU uses without a copy;
+    ``np.load`` gives 16-byte aligned ones). A malformed member raises ValueError."""
+    member = f"{name}.npy"
+    with archive.open(member) as f:
         version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"{member}: unknown .npy version {version}")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(f)
-        if dtype.hasobject or fortran_order:
-            raise ValueError(f"{name}: not a C-order array of numbers")
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if dtype.hasobject or fortran_order or archive.getinfo(member).file_size != f.tell() + nbytes:
+            raise ValueError(f"{member}: not {shape} C-order numbers")  # checked before allocating
         out = aligned_empty(shape, dtype)
         view = out.reshape(-1).view(np.uint8)
         done = 0
         while done < len(view):
             data = f.read(min(block, len(view) - done))
             if not data:
-                raise EOFError(f"{name}: truncated")
+                raise EOFError(f"{member}: truncated")
             view[done:done + len(data)] = np.frombuffer(data, np.uint8)
             done += len(data)
+        if f.read(1):  # reading to the end also checks the member's CRC
+            raise ValueError(f"{member}: longer than its header says")
     return out
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from emnist_jax.profiles import Profile
 
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
-#: metrics.json keys that hold wall-clock measurements; everything else is equal between an
-#: uninterrupted run and a resumed one
+#: metrics.json keys that hold measurements (wall clock, CPU, memory); everything else is equal
+#: between an uninterrupted run and a resumed one
 TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second",
                "cpu_seconds", "peak_memory_bytes")
 
@@ -66,8 +66,10 @@ def usage() -> tuple[float, int]:
 
 
 def _running_workers_cpu() -> float:
-    """CPU seconds of this process's descendants that have not been waited for (Linux; else 0)."""
-    parent_of, seconds = {}, {}
+    """CPU seconds of this process's descendants that have not been waited for, with those of the
+    processes they have reaped themselves (Linux; else 0)."""
+    children: dict[int, list[int]] = {}
+    seconds: dict[int, float] = {}
     try:
         ticks = os.sysconf("SC_CLK_TCK")
         names = [name for name in os.listdir("/proc") if name.isdigit()]
@@ -77,18 +79,18 @@ def _running_workers_cpu() -> float:
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (command)", which may hold spaces
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        parent_of[int(name)] = int(fields[1])
-        seconds[int(name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    children: dict[int, list[int]] = {}
-    for pid, parent in parent_of.items():
-        children.setdefault(parent, []).append(pid)
-    total, todo = 0.0, list(children.get(os.getpid(), []))
+            parent, used = int(fields[1]), sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile, or not the layout we know
+        children.setdefault(parent, []).append(int(name))
+        seconds[int(name)] = used / ticks
+    total, todo, seen = 0.0, list(children.get(os.getpid(), [])), set()
     while todo:
         pid = todo.pop()
-        total += seconds[pid]
-        todo += children.get(pid, [])
+        if pid not in seen:
+            seen.add(pid)
+            total += seconds[pid]
+            todo += children.get(pid, [])
     return total
 
 
@@ -212,6 +214,7 @@ def _run(options: Options) -> int:
                     result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
                 except Exception as error:  # a failed stage is reported; the others still run
                     _failed(stage, error, status, staging)
+                    cpu_seconds[stage] = usage()[0] - cpu_started
                 else:
                     result.seconds = time.perf_counter() - started
                     result.cpu_seconds = usage()[0] - cpu_started
@@ -219,7 +222,7 @@ def _run(options: Options) -> int:
                         state.save(stage, result)  # an OSError here (a full disk) ends the run: exit 2
             if stage not in status:
                 metrics.update(result.metrics)
-                drawn = time.perf_counter()
+                drawn, cpu_drawn = time.perf_counter(), usage()[0]
                 try:
                     if writer:
                         sections[stage] = SECTIONS[stage](result, inputs, staging.folder)
@@ -229,14 +232,17 @@ def _run(options: Options) -> int:
                 except Exception as error:
                     _failed(stage, error, status, staging)
                 seconds[stage] = result.seconds + time.perf_counter() - drawn  # the work and its figures
-                cpu_seconds[stage] = result.cpu_seconds
+                cpu_seconds[stage] = (None if result.cpu_seconds is None  # stored by a version without it
+                                      else result.cpu_seconds + usage()[0] - cpu_drawn)
             else:
                 seconds[stage] = time.perf_counter() - started
             cpu, peak = usage()
-            log(f"{stage} {status[stage].split(':')[0]} in {time.perf_counter() - started:.1f} s"
+            wall = time.perf_counter() - started
+            cores = (cpu - cpu_started) / max(wall, 1e-9)
+            log(f"{stage} {status[stage].split(':')[0]} in {wall:.1f} s"
                 + (f" (stored result; it took {seconds[stage]:.1f} s)" if stage in resumed else
-                   f" (CPU {cpu - cpu_started:,.0f} s: {(cpu - cpu_started) / max(time.perf_counter() - started, 1e-9):.1f}"
-                   f" cores busy; peak memory so far {peak / 2**30:.2f} GiB)" if peak else ""))
+                   f" (CPU {cpu - cpu_started:,.0f} s: {cores:.1f} cores busy; peak memory so far "
+                   f"{peak / 2**30:.2f} GiB)" if peak else ""))
         current = "writing the report"
         if not writer:
             return 1 if any(v.startswith("failed") for v in status.values()) else 0

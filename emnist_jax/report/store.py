@@ -42,7 +42,7 @@ class StageResult:
     metrics: dict[str, Any]
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
-    cpu_seconds: float = 0.0         # of this process and its finished workers
+    cpu_seconds: float | None = None  # of this process and its workers (None: stored without it)
 
 
 def jsonable(value: Any) -> Any:
@@ -185,7 +185,7 @@ class Store:
                     arrays = {name: data[name] for name in stored["arrays"]}
             except (OSError, ValueError, KeyError):
                 return None
-        return StageResult(stored["metrics"], arrays, stored["seconds"], stored.get("cpu_seconds", 0.0))
+        return StageResult(stored["metrics"], arrays, stored["seconds"], stored.get("cpu_seconds"))
 
     def save(self, stage: str, result: StageResult) -> None:
         """Store ``result`` (arrays first: the JSON's presence means the stage finished)."""
