@@ -27,6 +27,7 @@ from emnist_jax.cnn.model import StudyCNN, initial_params, max_pool_same
 from emnist_jax.cnn.train import (create_state, make_mesh, place_images, replicate, replicate_tree, train_calls,
                                   zero_sums)
 from emnist_jax.data import Dataset, load, write_mat
+from emnist_jax.data.formats import aligned_empty
 
 CFG = TrainConfig(epochs=2, batch_size=16, conv_impl="xla", steps_per_call=2, loop="unroll", eval_batch_size=64,
                   log_every=1)
@@ -103,8 +104,10 @@ def test_loaded_images_are_the_devices_own_on_a_cpu(tiny_dataset, tmp_path, monk
         placed = place_images(loaded.train_images, make_mesh())
         if jax.default_backend() == "cpu":
             assert placed.addressable_shards[0].data.unsafe_buffer_pointer() == loaded.train_images.ctypes.data
-    unaligned = np.ascontiguousarray(tiny_dataset.train_images[:, ::-1])[1:]
-    assert unaligned.ctypes.data % 64 != 0
+    images = tiny_dataset.train_images
+    unaligned = aligned_empty((images.nbytes + 64,), np.uint8)[16:16 + images.nbytes].reshape(images.shape)
+    unaligned[...] = images
+    assert unaligned.ctypes.data % 64 == 16
     placed = place_images(unaligned, make_mesh())
     np.testing.assert_array_equal(np.asarray(placed), unaligned)
     if jax.default_backend() == "cpu":   # copied once into an aligned buffer, which JAX then uses as it is
