@@ -59,7 +59,8 @@ def smoke_report(tiny_dataset, tmp_path_factory):
     return code, out
 
 
-SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\nprint(flush=True)\ntime.sleep(60)"
+SPIN = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\n"
+        "print(flush=True)\ntime.sleep(60)")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="running workers are read from /proc")

@@ -2,9 +2,10 @@
 
 The train file's images live on the devices (uint8, replicated; on a CPU the loaded array itself);
 each epoch draws a permutation of the training rows with ``jax.random`` from ``(seed, epoch)``, so
-a run is reproducible and a resumed run replays the same batches. ``K`` steps run per jitted call, scanned or unrolled (per backend, see
-:mod:`emnist_jax.cnn.config`); the batch axis is sharded over all devices of a ``Mesh``, which
-spans every process of a multi-process run (one device is the same code). The last partial batch
+a run is reproducible and a resumed run replays the same batches. ``K`` steps run per jitted call,
+scanned or unrolled (per backend, see :mod:`emnist_jax.cnn.config`); the batch axis is sharded
+over all devices of a ``Mesh``, which spans every process of a multi-process run (one device is
+the same code). The last partial batch
 is masked rather than reshaped, so it never recompiles. The model and optimizer objects are made
 once per setting, so a second run with the same settings reuses the compiled programs.
 
