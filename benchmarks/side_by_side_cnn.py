@@ -544,8 +544,8 @@ def main() -> None:
                         help="seconds allowed to the torch.compile child before it is skipped")
     parser.add_argument("--out", default=os.path.join("reports", "performance"), help="folder for cpu.json/.md/.png")
     parser.add_argument("--rounds", type=int, default=8,
-                        help="rounds of the interleaved comparison (our default and PyTorch eager alternating in "
-                             "one process; 0: skip)")
+                        help="rounds of the interleaved comparison (our default and PyTorch eager in two waiting "
+                             "processes, timed in turns; 0: skip)")
     parser.add_argument("--child", choices=("jax", "torch", "torch-compile", "serve-jax", "serve-torch"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -33,6 +33,16 @@ def test_ratios_divide_by_the_mean_of_pytorch_before_and_after():
     assert alone["train_vs_torch"] is None and alone["eval_vs_torch"] is None   # no PyTorch at batch 256
 
 
+def test_interleaved_ratios_are_medians_of_the_rounds_own_ratios():
+    rounds = [{"malloc": "tuned", "batch": 64, "round": r, "ours_variant": "onednn K=4 scan", "ours": ours,
+               "torch": torch, "ours_eval": 2.0 * ours, "torch_eval": torch} for r, (ours, torch) in
+              enumerate([(1200.0, 1000.0), (1300.0, 1300.0), (3000.0, 2000.0)])]
+    (m,) = sbs.interleaved_medians(rounds)
+    assert (m["ours"], m["torch"], m["rounds"]) == (1300.0, 1300.0, 3)
+    assert m["train_ratio"] == pytest.approx(1.2)           # of 1.2, 1.0, 1.5: not 1300 / 1300
+    assert m["train_ratio_range"] == pytest.approx((1.0, 1.5)) and m["eval_ratio"] == pytest.approx(2.4)
+
+
 def test_report_files_are_written_whole(tmp_path):
     rows = sbs.mean_of_repeats([row("PyTorch eager, channels_last", 64, 1000.0, 4000.0),
                                 row("ours, onednn K=4 scan (CPU default)", 64, 1500.0, 5000.0, default=True)])
