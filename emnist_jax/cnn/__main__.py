@@ -33,13 +33,15 @@ CONFIG_OPTIONS = (
     ("seed", int, "S", "seeds the split, the initial weights and the batch order (0..4294967295)"),
     ("learning_rate", float, "LR", "Adam's step size"),
     ("conv_impl", str, None, "convolution form: xla (lax.conv_general_dilated), slices (9 shifted slices and "
-                             "one matmul) or onednn (oneDNN through jax.ffi; CPU only, pip install '.[onednn]')"),
+                             "one matmul), fused (our C++ kernels through jax.ffi, Winograd for conv2/conv3; "
+                             "CPU only, needs g++) or onednn (oneDNN through jax.ffi; CPU only, "
+                             "pip install '.[onednn]'); auto: fused, else onednn, else slices on a CPU"),
     ("steps_per_call", int, "K", "training steps per jitted call"),
     ("loop", str, None, "run the K steps of a call as one lax.scan or unrolled"),
     ("eval_batch_size", int, "B", "images per evaluation batch"),
     ("log_every", int, "N", "update the progress bar every N calls (each update waits for the device)"),
 )
-CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices", "onednn"), "loop": ("scan", "unroll")}
+CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices", "onednn", "fused"), "loop": ("scan", "unroll")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,9 @@ import dataclasses
 import math
 import numbers
 
-CONV_IMPLS = ("xla", "slices", "onednn")   # "onednn": CPU only, with the optional extra (cnn/onednn.py)
+#: "fused" (cnn/fused.py: needs g++) and "onednn" (cnn/onednn.py: the optional extra) run on the CPU only
+CONV_IMPLS = ("xla", "slices", "onednn", "fused")
+NATIVE = {"fused": "emnist_jax.cnn.fused", "onednn": "emnist_jax.cnn.onednn"}
 LOOPS = ("scan", "unroll")
 PROTOCOLS = ("study", "official")
 MAX_SEED = 2**32 - 1   # sklearn's random_state and a 32-bit PRNG seed both stop here
@@ -50,8 +52,12 @@ BACKEND_DEFAULTS = {
 
 UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this backend: XLA's own choices")
 
-#: The CPU's choice where oneDNN's convolution is installed (``pip install -e '.[onednn]'``);
-#: without it the CPU falls back to BACKEND_DEFAULTS["cpu"].
+#: The CPU's first choice: our fused C++ kernels (``emnist_jax.cnn.fused``), wherever g++ can build them.
+CPU_FUSED = BackendDefaults(
+    "fused", 4, "scan", grad_chunk=0, source="PROVISIONAL")
+
+#: The CPU's choice where the fused kernels cannot be built but oneDNN's convolution is installed
+#: (``pip install -e '.[onednn]'``); without either the CPU falls back to BACKEND_DEFAULTS["cpu"].
 CPU_ONEDNN = BackendDefaults(
     "onednn", 4, "scan", grad_chunk=0, source=
     "measured on the 2-core development machine, shared with other jobs, by benchmarks/side_by_side_cnn.py "
@@ -62,16 +68,25 @@ CPU_ONEDNN = BackendDefaults(
     "gave no measurable gain (2,645 against 2,740 images/s, best of 6 interleaved rounds)")
 
 
-def onednn_available() -> bool:
-    """True where oneDNN's convolution can run here (imports JAX; builds the extension on first call)."""
-    from emnist_jax.cnn import onednn
+def native_available(impl: str) -> bool:
+    """True where the CPU extension behind ``impl`` ("fused" or "onednn") can run here (imports JAX;
+    builds the extension on first call)."""
+    import importlib
 
-    return onednn.available()
+    return importlib.import_module(NATIVE[impl]).available()
+
+
+def onednn_available() -> bool:
+    return native_available("onednn")
+
+
+def fused_available() -> bool:
+    return native_available("fused")
 
 
 def available_conv_impls() -> tuple[str, ...]:
-    """The convolution forms that can run in this installation ("onednn" only where it is built)."""
-    return CONV_IMPLS if onednn_available() else tuple(c for c in CONV_IMPLS if c != "onednn")
+    """The convolution forms that can run in this installation (the CPU extensions only where they build)."""
+    return tuple(c for c in CONV_IMPLS if c not in NATIVE or native_available(c))
 
 
 class ConfigError(ValueError):
@@ -152,24 +167,25 @@ class TrainConfig:
     def resolved(self, backend: str | None = None) -> "TrainConfig":
         """Fill the per-backend choices (:data:`BACKEND_DEFAULTS`) for ``backend`` ("cpu", "gpu",
         "tpu"; default: JAX's default backend). Fields set explicitly are kept. On the CPU, "auto"
-        takes oneDNN's convolution (:data:`CPU_ONEDNN`) where it is installed and builds, else
-        BACKEND_DEFAULTS["cpu"]; ``conv_impl="onednn"`` where it cannot run is a :class:`ConfigError`
-        saying why."""
+        takes the fused kernels (:data:`CPU_FUSED`) where they build, else oneDNN's convolution
+        (:data:`CPU_ONEDNN`) where it is installed, else BACKEND_DEFAULTS["cpu"]; ``"fused"`` or
+        ``"onednn"`` where it cannot run is a :class:`ConfigError` saying why."""
         if backend is None:
             import jax
 
             backend = jax.default_backend()
         defaults = BACKEND_DEFAULTS.get(backend, UNKNOWN_BACKEND)
-        if self.conv_impl == "onednn":
+        if self.conv_impl in NATIVE:
             if backend != "cpu":
-                raise ConfigError("conv_impl", f"'onednn' runs on the CPU only, this backend is {backend!r}")
-            from emnist_jax.cnn import onednn
+                raise ConfigError("conv_impl", f"{self.conv_impl!r} runs on the CPU only, this backend is {backend!r}")
+            import importlib
 
-            if not onednn.available():
-                raise ConfigError("conv_impl", f"'onednn' cannot run here: {onednn.unavailable_reason()}")
-            defaults = CPU_ONEDNN
-        elif backend == "cpu" and self.conv_impl == "auto" and onednn_available():
-            defaults = CPU_ONEDNN
+            module = importlib.import_module(NATIVE[self.conv_impl])
+            if not module.available():
+                raise ConfigError("conv_impl", f"{self.conv_impl!r} cannot run here: {module.unavailable_reason()}")
+            defaults = CPU_FUSED if self.conv_impl == "fused" else CPU_ONEDNN
+        elif backend == "cpu" and self.conv_impl == "auto":
+            defaults = CPU_FUSED if fused_available() else CPU_ONEDNN if onednn_available() else defaults
         return dataclasses.replace(
             self,
             conv_impl=defaults.conv_impl if self.conv_impl == "auto" else self.conv_impl,

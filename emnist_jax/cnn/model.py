@@ -72,7 +72,12 @@ class Conv3x3(nn.Module):
             from emnist_jax.cnn.onednn import conv3x3_block
 
             return conv3x3_block(x, kernel, bias, self.slope)
-        conv = conv3x3_slices if self.impl == "slices" else conv3x3_xla
+        if self.impl == "fused":
+            from emnist_jax.cnn import fused
+
+            if fused.supports(x.shape[-1], self.features):
+                return fused.conv3x3_block(x, kernel, bias, self.slope)
+        conv = conv3x3_xla if self.impl == "xla" else conv3x3_slices
         return max_pool_same(nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope))
 
 

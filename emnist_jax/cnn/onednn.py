@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from emnist_jax.cnn import native
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 TARGETS = {"onednn_conv_fwd": "OnednnConvForward", "onednn_conv_bwd_data": "OnednnConvBackwardData",
@@ -53,22 +50,6 @@ def cache_folder() -> str:
                           os.path.join(os.path.expanduser("~"), ".cache", "emnist_jax", "onednn"))
 
 
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
-def _cpu() -> str:
-    """The processor's model line: the extension is compiled for this machine (-march=native)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 def build(folder: str | None = None) -> str:
     """Path of the compiled extension, compiling it first when the cache holds none for this source."""
     prefix = _prefix()
@@ -78,38 +59,17 @@ def build(folder: str | None = None) -> str:
         raise OnednnUnavailable("turned off by EMNIST_JAX_ONEDNN=0")
     if not (os.path.exists(header) and os.path.exists(library)):
         raise OnednnUnavailable(f"oneDNN not found under {prefix} (pip install -e '.[onednn]')")
-    compiler = os.environ.get("CXX") or shutil.which("g++")
-    if not compiler:
-        raise OnednnUnavailable("no C++ compiler (g++ or $CXX) to build the oneDNN extension")
-    with open(SOURCE, "rb") as f:
-        source = f.read()
     lib = os.path.join(prefix, "lib")
+    with open(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl_version.h"), "rb") as f:
+        release = f.read()   # the oneDNN release
     # DT_RPATH (not RUNPATH): it also finds libdnnl.so's own dependencies (libtbb, libsycl, ...),
     # which the wheels put beside it without a RUNPATH of their own
-    flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
-             f"-Wl,--disable-new-dtags,-rpath,{lib}"]
-    with open(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl_version.h"), "rb") as f:
-        source += f.read()   # the oneDNN release
-    key = hashlib.sha256(source + f"{jax.__version__} {_version('jaxlib')} {prefix} {flags} {_cpu()}".encode())
-    folder = folder or cache_folder()
-    path = os.path.join(folder, f"onednn_conv-{key.hexdigest()[:16]}.so")
-    if os.path.exists(path):
-        return path
+    link = ["-L", lib, "-ldnnl", f"-Wl,--disable-new-dtags,-rpath,{lib}"]
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".onednn_conv-", suffix=".so", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise OnednnUnavailable(f"cache folder {folder} not writable: {e.strerror}") from None
-    command = [compiler, *flags, "-I", jax.ffi.include_dir(), "-I", os.path.join(prefix, "include"), SOURCE,
-               "-L", lib, "-ldnnl", "-o", tmp]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        os.unlink(tmp)
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise OnednnUnavailable(f"compiling {SOURCE} failed: {last[:300]}")
-    os.replace(tmp, path)
-    return path
+        return native.build(SOURCE, "onednn_conv", folder or cache_folder(), native.FLAGS,
+                            [os.path.join(prefix, "include")], link, salt=release)
+    except native.BuildError as e:
+        raise OnednnUnavailable(str(e)) from None
 
 
 @functools.lru_cache(maxsize=1)

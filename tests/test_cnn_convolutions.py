@@ -1,8 +1,9 @@
 """The convolution choices of the study's CNN: every one computes the plain XLA network's numbers,
-the choice can be forced, and oneDNN's (an optional extra) falls back cleanly where it is missing.
+the choice can be forced, and the two CPU extensions (our fused kernels, built with g++; oneDNN's,
+an optional extra) fall back cleanly where they are missing.
 
-Tests that run oneDNN's convolution are skipped, with the reason, where it cannot be built
-(``pip install -e '.[onednn]'`` installs it); the fallback tests run everywhere.
+Tests that run an extension are skipped, with the reason, where it cannot be built (oneDNN: ``pip
+install -e '.[onednn]'``; fused: a C++ compiler); the fallback tests run everywhere.
 """
 
 from __future__ import annotations
@@ -18,30 +19,35 @@ import pytest
 
 from emnist_jax.cnn import TrainConfig
 from emnist_jax.cnn import config as config_module
-from emnist_jax.cnn import onednn
-from emnist_jax.cnn.config import BACKEND_DEFAULTS, CPU_ONEDNN, ConfigError
+from emnist_jax.cnn import fused, native, onednn
+from emnist_jax.cnn.config import BACKEND_DEFAULTS, CPU_FUSED, CPU_ONEDNN, ConfigError
 from emnist_jax.cnn.model import conv3x3_xla, max_pool_same
 from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
 
 ONEDNN = onednn.available() and jax.default_backend() == "cpu"
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN convolution unavailable here: "
                                                      f"{onednn.unavailable_reason() or 'not a CPU backend'}")
+FUSED = fused.available() and jax.default_backend() == "cpu"
+needs_fused = pytest.mark.skipif(not FUSED, reason=f"fused kernels unavailable here: "
+                                                   f"{fused.unavailable_reason() or 'not a CPU backend'}")
 #: (convolution, images per gradient chunk): every choice, whole batch and chunked (0 = whole batch)
 CHOICES = [("xla", 4), ("slices", 0), pytest.param("onednn", 0, marks=needs_onednn),
-           pytest.param("onednn", 4, marks=needs_onednn)]
+           pytest.param("onednn", 4, marks=needs_onednn), pytest.param("fused", 0, marks=needs_fused),
+           pytest.param("fused", 4, marks=needs_fused)]
 
 
 # ---- choosing and falling back (no oneDNN needed) ----------------------------------------------
 
-@pytest.mark.parametrize("installed", [False, True])
-def test_auto_takes_onednn_on_the_cpu_only_where_it_runs(monkeypatch, installed):
-    monkeypatch.setattr(config_module, "onednn_available", lambda: installed)
+@pytest.mark.parametrize("fused_builds, onednn_installed", [(False, False), (False, True), (True, True)])
+def test_auto_takes_fused_then_onednn_on_the_cpu_only_where_they_run(monkeypatch, fused_builds, onednn_installed):
+    monkeypatch.setattr(config_module, "fused_available", lambda: fused_builds)
+    monkeypatch.setattr(config_module, "onednn_available", lambda: onednn_installed)
     cpu = TrainConfig().resolved("cpu")
-    expected = CPU_ONEDNN if installed else BACKEND_DEFAULTS["cpu"]
+    expected = CPU_FUSED if fused_builds else CPU_ONEDNN if onednn_installed else BACKEND_DEFAULTS["cpu"]
     assert (cpu.conv_impl, cpu.steps_per_call, cpu.loop) == (expected.conv_impl, expected.steps_per_call,
                                                              expected.loop)
     gpu = TrainConfig().resolved("gpu")
-    assert gpu.conv_impl == BACKEND_DEFAULTS["gpu"].conv_impl          # never oneDNN off the CPU
+    assert gpu.conv_impl == BACKEND_DEFAULTS["gpu"].conv_impl          # never an extension off the CPU
     forced = TrainConfig(conv_impl="slices").resolved("cpu")
     assert forced.conv_impl == "slices"                                 # an explicit choice wins
 
@@ -68,23 +74,64 @@ def test_build_names_what_is_missing(monkeypatch, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_forcing_fused_where_it_cannot_run_says_why(monkeypatch):
+    monkeypatch.setattr(fused, "_load", lambda: "no C++ compiler (g++ or $CXX) to build fused_conv.cc")
+    with pytest.raises(ConfigError, match="'fused' cannot run here: no C\\+\\+ compiler") as e:
+        TrainConfig(conv_impl="fused").resolved("cpu")
+    assert e.value.field == "conv_impl"
+    with pytest.raises(ConfigError, match="CPU only"):
+        TrainConfig(conv_impl="fused").resolved("gpu")
+    with pytest.raises(fused.FusedUnavailable, match="no C"):
+        fused.conv3x3_block(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 16)), jnp.zeros(16))
+
+
+def test_fused_build_says_why_it_cannot(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMNIST_JAX_FUSED", "0")
+    with pytest.raises(fused.FusedUnavailable, match="EMNIST_JAX_FUSED=0"):
+        fused.build(str(tmp_path / "off"))
+    monkeypatch.delenv("EMNIST_JAX_FUSED")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(fused.FusedUnavailable, match="compiling .*fused_conv.cc failed"):
+        fused.build(str(tmp_path / "missing"))
+    assert list((tmp_path / "missing").iterdir()) == []                 # no half-written library left
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))                           # no g++ on the path
+    with pytest.raises(fused.FusedUnavailable, match="no C\\+\\+ compiler"):
+        fused.build(str(tmp_path / "nothing"))
+
+
+def test_a_broken_source_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    source = tmp_path / "broken.cc"
+    source.write_text("this is not C++\n")
+    with pytest.raises(native.BuildError, match=f"compiling {source} failed: .+") as e:
+        native.build(str(source), "broken", str(tmp_path / "cache"), native.FLAGS, [], [])
+    assert "\n" not in str(e.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_turned_off_the_cpu_default_is_the_xla_fallback():
-    code = ("from emnist_jax.cnn import TrainConfig\nfrom emnist_jax.cnn import onednn\n"
-            "c = TrainConfig().resolved('cpu')\nprint(c.conv_impl, c.steps_per_call, c.loop, onednn.available())")
-    env = dict(os.environ, EMNIST_JAX_ONEDNN="0")
+    code = ("from emnist_jax.cnn import TrainConfig\nfrom emnist_jax.cnn import fused, onednn\n"
+            "c = TrainConfig().resolved('cpu')\n"
+            "print(c.conv_impl, c.steps_per_call, c.loop, onednn.available(), fused.available())")
+    env = dict(os.environ, EMNIST_JAX_ONEDNN="0", EMNIST_JAX_FUSED="0")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     cpu = BACKEND_DEFAULTS["cpu"]
-    assert done.stdout.split() == [cpu.conv_impl, str(cpu.steps_per_call), cpu.loop, "False"]
+    assert done.stdout.split() == [cpu.conv_impl, str(cpu.steps_per_call), cpu.loop, "False", "False"]
 
 
 # ---- same numbers on every choice ---------------------------------------------------------------
 
-@needs_onednn
-@pytest.mark.parametrize("n, side, c, o", [(4, 28, 1, 32), (4, 14, 32, 64), (3, 7, 64, 128)])
-def test_onednn_block_matches_xla_forward_and_gradients(n, side, c, o):
-    """The network's three blocks (convolution, bias, LeakyReLU, max-pool): output and all three
-    gradients, with ties in the pooling windows (a zero image border, as in EMNIST's pictures)."""
+EXTENSIONS = [pytest.param(onednn, marks=needs_onednn, id="onednn"), pytest.param(fused, marks=needs_fused, id="fused")]
+
+
+@pytest.mark.parametrize("module", EXTENSIONS)
+@pytest.mark.parametrize("n, side, c, o", [(4, 28, 1, 32), (4, 14, 32, 64), (3, 7, 64, 128), (2, 5, 16, 16),
+                                           (2, 9, 3, 16)])
+def test_extension_block_matches_xla_forward_and_gradients(module, n, side, c, o):
+    """The network's three blocks (convolution, bias, LeakyReLU, max-pool), and odd sides with other
+    channel counts: output and all three gradients, with ties in the pooling windows (a zero image
+    border, as in EMNIST's pictures)."""
     rng = np.random.default_rng(side)
     x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((n, side, side, c), (3, 3, c, o), (o,)))
     x[:, : side // 2] = 0.0                       # flat regions: equal maxima in many windows
@@ -95,23 +142,24 @@ def test_onednn_block_matches_xla_forward_and_gradients(n, side, c, o):
                                        0.1 * (conv3x3_xla(x, w) + b)))
 
     y_ref, vjp_ref = jax.vjp(plain, x, w, b)
-    y, vjp = jax.vjp(lambda x, w, b: onednn.conv3x3_block(x, w, b, 0.1), x, w, b)
+    y, vjp = jax.vjp(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1), x, w, b)
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, atol=1e-5 * np.abs(y_ref).max())
     for ours, ref in zip(vjp(dy), vjp_ref(dy)):
         np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 
 
-@needs_onednn
+@pytest.mark.parametrize("module", EXTENSIONS)
 @pytest.mark.parametrize("side, c, o", [(28, 1, 32), (14, 32, 64), (7, 64, 128)])
-def test_onednn_evaluation_block_matches_xla_in_chunks(side, c, o):
-    """Outside differentiation the block runs the batch in cache-sized chunks (10 images of 28x28x32,
-    20 of 14x14x64, 41 of 7x7x128): 93 images make full chunks and a remainder in each layer."""
+def test_extension_evaluation_block_matches_xla(module, side, c, o):
+    """Outside differentiation the block is its evaluation form (oneDNN: cache-sized chunks of 10
+    images of 28x28x32, 20 of 14x14x64, 41 of 7x7x128, so 93 images make full chunks and a remainder
+    in each layer; fused: no full-size activation kept)."""
     rng = np.random.default_rng(side)
     x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((93, side, side, c), (3, 3, c, o), (o,)))
     pre = conv3x3_xla(x, w) + b
     ref = max_pool_same(jnp.where(pre >= 0, pre, 0.1 * pre))
-    ours = jax.jit(lambda x, w, b: onednn.conv3x3_block(x, w, b, 0.1))(x, w, b)
+    ours = jax.jit(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1))(x, w, b)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 
 

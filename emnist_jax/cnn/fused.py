@@ -1,0 +1,130 @@
+"""The study's convolution blocks as hand-written C++ kernels through ``jax.ffi`` (CPU): ``conv_impl="fused"``.
+
+Each block, ``max_pool_same(leaky_relu(conv3x3_same(x, w) + b))``, is one call forward and one or
+two backward (``fused_conv.cc``):
+- few input channels (conv1): a direct convolution computed a pooling window at a time; neither the
+  full-size activation nor its gradient is written, the backward pass recomputes each window;
+- channels a multiple of 16 (conv2, conv3): Winograd F(2x2, 3x3), 2.25x fewer multiplies than the
+  direct form, with bias, LeakyReLU and the pool applied to each 2x2 output tile as it is made; the
+  backward pass is the gradient of the same algorithm.
+Same numbers as the XLA forms to float rounding (tests/test_cnn_fused.py). Needs only g++ (the
+extension is compiled on first use, about 10 s, into :func:`emnist_jax.cnn.native.cache_folder`);
+where it cannot be built, :func:`available` is False, :func:`unavailable_reason` says why and
+``conv_impl="auto"`` falls back to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import jax
+import numpy as np
+
+from emnist_jax.cnn import native
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_conv.cc")
+TARGETS = {"fused_direct_fwd": "FusedDirectForward", "fused_direct_bwd_w": "FusedDirectBackwardWeights",
+           "fused_direct_bwd_x": "FusedDirectBackwardData", "fused_wino_fwd": "FusedWinogradForward",
+           "fused_wino_infer": "FusedWinogradInference", "fused_wino_bwd": "FusedWinogradBackward"}
+
+
+class FusedUnavailable(RuntimeError):
+    """The fused kernels cannot run here; the message says why in one line."""
+
+
+def build(folder: str | None = None) -> str:
+    """Path of the compiled extension, compiling it first where the cache holds none for this source."""
+    if os.environ.get("EMNIST_JAX_FUSED", "1") == "0":
+        raise FusedUnavailable("turned off by EMNIST_JAX_FUSED=0")
+    try:
+        return native.build(SOURCE, "fused_conv", folder or native.cache_folder(), native.FLAGS, [], [])
+    except native.BuildError as e:
+        raise FusedUnavailable(str(e)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> str | None:
+    """Build, load and register once per process; None on success, else the reason."""
+    try:
+        path = build()
+    except FusedUnavailable as e:
+        return str(e)
+    except Exception as e:  # any surprise in building: fall back, never break training
+        return f"building the fused kernels failed: {type(e).__name__}: {e}"
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as e:
+        return f"loading {path} failed: {e}"
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """True where the fused kernels can run (building them on first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    return _load()
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise FusedUnavailable(reason)
+
+
+def supports(channels: int, features: int) -> bool:
+    """Shapes the kernels take: output channels a multiple of 16; input channels below 16 (direct)
+    or a multiple of 16 (Winograd)."""
+    return features % 16 == 0 and (channels < 16 or channels % 16 == 0)
+
+
+def _shape(x, w, *shape):
+    return jax.ShapeDtypeStruct(shape, x.dtype)
+
+
+def _pooled(x, w):
+    n, h, wd, _ = x.shape
+    return _shape(x, w, n, -(-h // 2), -(-wd // 2), w.shape[-1])
+
+
+def _direct(x) -> bool:
+    return x.shape[-1] < 16
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv3x3_block(x, w, b, slope: float = 0.1):
+    """``max_pool_same(leaky_relu(conv3x3_same(x, w) + b, slope))``: x (N, H, W, C), w (3, 3, C, O), b (O,),
+    float32, shapes as :func:`supports`; the result is (N, ceil(H/2), ceil(W/2), O)."""
+    _require()
+    target = "fused_direct_fwd" if _direct(x) else "fused_wino_infer"
+    return jax.ffi.ffi_call(target, _pooled(x, w))(x, w, b, slope=np.float32(slope))
+
+
+def _fwd(x, w, b, slope):
+    _require()
+    if _direct(x):
+        p = jax.ffi.ffi_call("fused_direct_fwd", _pooled(x, w))(x, w, b, slope=np.float32(slope))
+        return p, (x, w, b, None, None)
+    y, p = jax.ffi.ffi_call("fused_wino_fwd", (_shape(x, w, *x.shape[:3], w.shape[-1]), _pooled(x, w)))(
+        x, w, b, slope=np.float32(slope))
+    return p, (x, w, b, y, p)
+
+
+def _bwd(slope, residuals, dp):
+    x, w, b, y, p = residuals
+    slope = np.float32(slope)
+    if y is None:   # direct: dx in a call of its own, which XLA drops where only dw, db are used
+        dw, db = jax.ffi.ffi_call("fused_direct_bwd_w", (_shape(x, w, *w.shape), _shape(x, w, w.shape[-1])))(
+            x, w, b, dp, slope=slope)
+        dx = jax.ffi.ffi_call("fused_direct_bwd_x", _shape(x, w, *x.shape))(x, w, b, dp, slope=slope)
+        return dx, dw, db
+    return jax.ffi.ffi_call("fused_wino_bwd", (_shape(x, w, *x.shape), _shape(x, w, *w.shape),
+                                               _shape(x, w, w.shape[-1])))(x, w, y, p, dp, slope=slope)
+
+
+conv3x3_block.defvjp(_fwd, _bwd)

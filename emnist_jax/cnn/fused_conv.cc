@@ -1,0 +1,597 @@
+// The study's convolution blocks, max_pool_same(leaky_relu(conv3x3_same(x, w) + b)), as hand-written
+// CPU kernels behind XLA FFI handlers. No library beyond OpenMP; built with g++ on first use by
+// emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC activations, HWIO weights.
+//
+// conv1 (few input channels: "direct"): the block is computed a pooling window at a time (a 4x4 input
+// patch, 2x2 outputs, their maximum), so neither the full-size activation nor its gradient is ever
+// written; the backward pass recomputes the window instead of storing it.
+//   fused_direct_fwd(x, w, b; slope)      -> p
+//   fused_direct_bwd_w(x, w, b, dp; slope) -> (dw, db)
+//   fused_direct_bwd_x(x, w, b, dp; slope) -> dx          (XLA drops it where no one asks for it)
+//
+// conv2, conv3 (channels a multiple of 16: Winograd F(2x2, 3x3)): a 4x4 input tile becomes a 2x2
+// output tile through 16 matrix products over channels, 2.25x fewer multiplies than the direct form,
+// and a 2x2 output tile is exactly a pooling window, so bias, LeakyReLU and the pool are applied as
+// each tile is produced. The backward pass is the gradient of the same Winograd algorithm: the
+// pool/LeakyReLU gradient per tile, dW through the transposed transforms, dx as the forward
+// algorithm on the gradient with the kernel rotated by 180 degrees.
+//   fused_wino_fwd(x, w, b; slope)          -> (y, p)      y kept for the backward pass
+//   fused_wino_infer(x, w, b; slope)        -> p
+//   fused_wino_bwd(x, w, y, p, dp; slope)   -> (dx, dw, db)
+//
+// Tie rule of the pool's gradient, as JAX's for a max: a window's gradient is split evenly among its
+// maxima; LeakyReLU's slope is read off the output's sign (y >= 0 where x >= 0, slope > 0).
+
+#include <omp.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 16 floats: one AVX-512 register where the machine has them (GCC splits it elsewhere).
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+inline v16 leaky(v16 v, float slope) { return v >= 0 ? v : v * slope; }
+
+// Per-thread buffers, grown to the largest size asked for and kept: a fresh allocation per call
+// would map and fault in fresh pages every step.
+// 64-byte aligned: a 16-float load that straddles two cache lines costs two.
+enum Slot { kV, kM, kImage, kU, kGradient, kPartial, kSlots };
+
+struct Buffer64 {
+  float* data = nullptr;
+  size_t size = 0;
+  ~Buffer64() { std::free(data); }
+};
+
+Buffer64& Scratch(Slot slot) {
+  thread_local Buffer64 buffers[kSlots];
+  return buffers[slot];
+}
+
+float* Sized(Buffer64& buffer, size_t n) {
+  if (buffer.size < n) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
+    if (!buffer.data) throw std::bad_alloc();
+    buffer.size = n;
+  }
+  return buffer.data;
+}
+
+// ---- a small matrix product: C (+)= A B, B row-major with 16*NV columns per panel ----------------
+// Layout and accumulation are template arguments: with them known, the inner loop is only loads,
+// broadcasts and FMAs (~165 GFLOP/s per core here, against ~125 with them read at run time).
+
+// MR x 16*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed
+template <int MR, int NV, bool kTransposed, bool kAccumulate>
+inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
+  v16 c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) c[i][j] = kAccumulate ? load(C + i * ldc + 16 * j) : v16{};
+  for (int64_t k = 0; k < K; ++k) {
+    v16 b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = load(B + k * ldb + 16 * j);
+    for (int i = 0; i < MR; ++i) {
+      const v16 a = splat(kTransposed ? A[i + k * lda] : A[i * lda + k]);
+      for (int j = 0; j < NV; ++j) c[i][j] += a * b[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) store(C + i * ldc + 16 * j, c[i][j]);
+}
+
+template <int MR, int NV, bool kTransposed, bool kAccumulate>
+inline void Rows(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
+                 int64_t K) {
+  const int64_t step = kTransposed ? 1 : lda;
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) Micro<MR, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
+  for (; m < M; ++m) Micro<1, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
+}
+
+// C (M x N) (+)= A (M x K) B (K x N); N a multiple of 16
+template <bool kTransposed, bool kAccumulate>
+void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
+          int64_t K) {
+  int64_t n = 0;
+  for (; n + 64 <= N; n += 64) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  for (; n + 32 <= N; n += 32) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  for (; n + 16 <= N; n += 16) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+}
+
+// ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------
+
+constexpr int64_t kTiles = 36;  // output tiles per block: the block's transforms stay in the L2 cache
+
+struct Geometry {
+  int64_t n, h, w, th, tw, tiles, blocks;
+  Geometry(int64_t n_, int64_t h_, int64_t w_)
+      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw),
+        blocks((tiles + kTiles - 1) / kTiles) {}
+  // image, tile row, tile column of tile t
+  void where(int64_t t, int64_t* i, int64_t* r, int64_t* q) const {
+    *i = t / (th * tw);
+    *r = (t / tw) % th;
+    *q = t % tw;
+  }
+};
+
+// U[16][ci][co] = G g G^T for every (ci, co); with rotate, g is w turned by 180 degrees with its
+// channel axes swapped (the kernel of the input gradient), so ci = O and co = C.
+void WeightTransform(const float* w, int64_t C, int64_t O, bool rotate, float* U) {
+  const int64_t ci_n = rotate ? O : C, co_n = rotate ? C : O;
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < ci_n; ++ci)
+    for (int64_t co = 0; co < co_n; ++co) {
+      float g[3][3], t[4][3];
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b)
+          g[a][b] = rotate ? w[((2 - a) * 3 + 2 - b) * C * O + co * O + ci] : w[(a * 3 + b) * C * O + ci * O + co];
+      for (int b = 0; b < 3; ++b) {
+        t[0][b] = g[0][b];
+        t[1][b] = 0.5f * (g[0][b] + g[1][b] + g[2][b]);
+        t[2][b] = 0.5f * (g[0][b] - g[1][b] + g[2][b]);
+        t[3][b] = g[2][b];
+      }
+      for (int a = 0; a < 4; ++a) {
+        const float u[4] = {t[a][0], 0.5f * (t[a][0] + t[a][1] + t[a][2]), 0.5f * (t[a][0] - t[a][1] + t[a][2]),
+                            t[a][2]};
+        for (int b = 0; b < 4; ++b) U[((a * 4 + b) * ci_n + ci) * co_n + co] = u[b];
+      }
+    }
+}
+
+// V[16][kTiles][C] = B^T d B of the 4x4 input tiles of block `t0` (zero outside the image and
+// past the last tile)
+void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, float* V) {
+  for (int64_t k = 0; k < kTiles; ++k) {
+    const int64_t t = t0 + k;
+    int64_t i = 0, r = 0, q = 0;
+    if (t < g.tiles) g.where(t, &i, &r, &q);
+    for (int64_t c = 0; c < C; c += 16) {
+      v16 d[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          const int64_t row = 2 * r - 1 + a, col = 2 * q - 1 + b;
+          const bool inside = t < g.tiles && row >= 0 && row < g.h && col >= 0 && col < g.w;
+          d[a][b] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : v16{};
+        }
+      v16 s[4][4];
+      for (int b = 0; b < 4; ++b) {
+        s[0][b] = d[0][b] - d[2][b];
+        s[1][b] = d[1][b] + d[2][b];
+        s[2][b] = d[2][b] - d[1][b];
+        s[3][b] = d[1][b] - d[3][b];
+      }
+      const int64_t plane = kTiles * C;
+      for (int a = 0; a < 4; ++a) {
+        float* out = V + 4 * a * plane + k * C + c;
+        store(out, s[a][0] - s[a][2]);
+        store(out + plane, s[a][1] + s[a][2]);
+        store(out + 2 * plane, s[a][2] - s[a][1]);
+        store(out + 3 * plane, s[a][1] - s[a][3]);
+      }
+    }
+  }
+}
+
+// Winograd correlation of x (N, H, W, C) with U; per 2x2 output tile: with `act`, + bias and
+// LeakyReLU; y gets the outputs (if not null), p their maximum (if not null).
+void WinogradForward(const float* x, const float* U, const float* bias, float slope, bool act, const Geometry& g,
+                     int64_t C, int64_t O, float* y, float* p) {
+#pragma omp parallel
+  {
+    float* V = Sized(Scratch(kV), 16 * kTiles * C);
+    float* M = Sized(Scratch(kM), 16 * kTiles * O);
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < g.blocks; ++block) {
+      const int64_t t0 = block * kTiles;
+      InputTransform(x, g, C, t0, V);
+      for (int e = 0; e < 16; ++e)
+        Gemm<false, false>(V + e * kTiles * C, C, U + e * C * O, O, M + e * kTiles * O, O, kTiles, O, C);
+      for (int64_t k = 0; k < kTiles && t0 + k < g.tiles; ++k) {
+        int64_t i, r, q;
+        g.where(t0 + k, &i, &r, &q);
+        for (int64_t o = 0; o < O; o += 16) {
+          v16 m[4][4], s[2][4], out[2][2];
+          for (int e = 0; e < 16; ++e) m[e / 4][e % 4] = load(M + e * kTiles * O + k * O + o);
+          for (int b = 0; b < 4; ++b) {
+            s[0][b] = m[0][b] + m[1][b] + m[2][b];
+            s[1][b] = m[1][b] - m[2][b] - m[3][b];
+          }
+          for (int a = 0; a < 2; ++a) {
+            out[a][0] = s[a][0] + s[a][1] + s[a][2];
+            out[a][1] = s[a][1] - s[a][2] - s[a][3];
+          }
+          const v16 bv = act ? load(bias + o) : v16{};
+          v16 best{};
+          bool first = true;
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b) {
+              const int64_t row = 2 * r + a, col = 2 * q + b;
+              if (row >= g.h || col >= g.w) continue;
+              const v16 v = act ? leaky(out[a][b] + bv, slope) : out[a][b];
+              if (y) store(y + ((i * g.h + row) * g.w + col) * O + o, v);
+              best = first ? v : vmax(best, v);
+              first = false;
+            }
+          if (p) store(p + ((i * g.th + r) * g.tw + q) * O + o, best);
+        }
+      }
+    }
+  }
+}
+
+// The gradient before the LeakyReLU of one pooling window (2x2 outputs at tile row r, column q of
+// image i), for channels o..o+15; positions outside the image are zero.
+inline void PoolLeakyGrad(const float* y, const float* p, const float* dp, const Geometry& g, int64_t O, int64_t i,
+                          int64_t r, int64_t q, int64_t o, float slope, v16 out[2][2]) {
+  const int64_t at = ((i * g.th + r) * g.tw + q) * O + o;
+  const v16 m = load(p + at), grad = load(dp + at);
+  v16 ys[2][2], count{};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const int64_t row = 2 * r + a, col = 2 * q + b;
+      const bool inside = row < g.h && col < g.w;
+      // outside: -inf never equals the maximum
+      ys[a][b] = inside ? load(y + ((i * g.h + row) * g.w + col) * O + o) : splat(-__builtin_inff());
+      count += ys[a][b] == m ? splat(1.f) : v16{};
+    }
+  const v16 share = grad / count;
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b)
+      out[a][b] = ys[a][b] == m ? share * (ys[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+}
+
+// One pass over the tiles: dpre (the gradient before the LeakyReLU, full size, for dx), and the
+// Winograd-domain weight gradient dU = sum over tiles of V^T (A dpre A^T), and db.
+void WinogradWeightGrad(const float* x, const float* y, const float* p, const float* dp, float slope,
+                        const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
+  const int threads = omp_get_max_threads();
+  const size_t per_thread = 16 * C * O + O;
+  float* partial = Sized(Scratch(kPartial), threads * per_thread);
+  std::fill(partial, partial + threads * per_thread, 0.f);
+#pragma omp parallel
+  {
+    float* myU = partial + omp_get_thread_num() * per_thread;
+    float* myB = myU + 16 * C * O;
+    float* V = Sized(Scratch(kV), 16 * kTiles * C);
+    float* Z = Sized(Scratch(kM), 16 * kTiles * O);
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < g.blocks; ++block) {
+      const int64_t t0 = block * kTiles;
+      InputTransform(x, g, C, t0, V);
+      for (int64_t k = 0; k < kTiles; ++k) {
+        const int64_t t = t0 + k;
+        int64_t i = 0, r = 0, q = 0;
+        if (t < g.tiles) g.where(t, &i, &r, &q);
+        for (int64_t o = 0; o < O; o += 16) {
+          v16 d[2][2] = {{v16{}, v16{}}, {v16{}, v16{}}};
+          if (t < g.tiles) {
+            PoolLeakyGrad(y, p, dp, g, O, i, r, q, o, slope, d);
+            for (int a = 0; a < 2; ++a)
+              for (int b = 0; b < 2; ++b)
+                if (2 * r + a < g.h && 2 * q + b < g.w)
+                  store(dpre + ((i * g.h + 2 * r + a) * g.w + 2 * q + b) * O + o, d[a][b]);
+            store(myB + o, load(myB + o) + d[0][0] + d[0][1] + d[1][0] + d[1][1]);
+          }
+          // A d A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the output transform's transpose
+          v16 s[4][2];
+          for (int b = 0; b < 2; ++b) {
+            s[0][b] = d[0][b];
+            s[1][b] = d[0][b] + d[1][b];
+            s[2][b] = d[0][b] - d[1][b];
+            s[3][b] = -d[1][b];
+          }
+          const int64_t plane = kTiles * O;
+          for (int a = 0; a < 4; ++a) {
+            float* out = Z + 4 * a * plane + k * O + o;
+            store(out, s[a][0]);
+            store(out + plane, s[a][0] + s[a][1]);
+            store(out + 2 * plane, s[a][0] - s[a][1]);
+            store(out + 3 * plane, -s[a][1]);
+          }
+        }
+      }
+      for (int e = 0; e < 16; ++e)
+        Gemm<true, true>(V + e * kTiles * C, C, Z + e * kTiles * O, O, myU + e * C * O, O, C, O, kTiles);
+    }
+  }
+  // dw = G^T dU G, the weight transform's transpose, summed over the threads' partial sums
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t o = 0; o < O; ++o) {
+      float u[4][4], s[3][4];
+      for (int e = 0; e < 16; ++e) {
+        float sum = 0.f;
+        for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + (e * C + c) * O + o];
+        u[e / 4][e % 4] = sum;
+      }
+      for (int b = 0; b < 4; ++b) {
+        s[0][b] = u[0][b] + 0.5f * (u[1][b] + u[2][b]);
+        s[1][b] = 0.5f * (u[1][b] - u[2][b]);
+        s[2][b] = 0.5f * (u[1][b] + u[2][b]) + u[3][b];
+      }
+      for (int a = 0; a < 3; ++a) {
+        dw[(a * 3 + 0) * C * O + c * O + o] = s[a][0] + 0.5f * (s[a][1] + s[a][2]);
+        dw[(a * 3 + 1) * C * O + c * O + o] = 0.5f * (s[a][1] - s[a][2]);
+        dw[(a * 3 + 2) * C * O + c * O + o] = 0.5f * (s[a][1] + s[a][2]) + s[a][3];
+      }
+    }
+  for (int64_t o = 0; o < O; ++o) {
+    float sum = 0.f;
+    for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + 16 * C * O + o];
+    db[o] = sum;
+  }
+}
+
+// ---- direct form for few input channels (conv1) ---------------------------------------------------
+
+struct Direct {
+  int64_t h, w, c, o, th, tw, ph, pw;  // ph x pw: the zero-padded copy of one image
+  Direct(int64_t h_, int64_t w_, int64_t c_, int64_t o_)
+      : h(h_), w(w_), c(c_), o(o_), th((h_ + 1) / 2), tw((w_ + 1) / 2), ph(2 * th + 2), pw(2 * tw + 2) {}
+};
+
+// Image i of x with a zero border (one row/column before, enough after for every pooling window),
+// so that a window's 4x4 input patch is read without bounds checks.
+void Pad(const float* x, const Direct& s, int64_t i, float* P) {
+  std::fill(P, P + s.ph * s.pw * s.c, 0.f);
+  for (int64_t row = 0; row < s.h; ++row)
+    std::memcpy(P + ((row + 1) * s.pw + 1) * s.c, x + (i * s.h + row) * s.w * s.c, s.w * s.c * sizeof(float));
+}
+
+// The 2x2 pre-activations of pooling window (r, q), channels o..o+15, from the padded image
+inline void DirectWindow(const float* P, const float* w, const float* bias, const Direct& s, int64_t r, int64_t q,
+                         int64_t o, v16 pre[2][2]) {
+  const v16 bv = load(bias + o);
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) pre[a][b] = bv;
+  for (int64_t c = 0; c < s.c; ++c) {
+    v16 patch[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) patch[a][b] = splat(P[((2 * r + a) * s.pw + 2 * q + b) * s.c + c]);
+    for (int ka = 0; ka < 3; ++ka)
+      for (int kb = 0; kb < 3; ++kb) {
+        const v16 wv = load(w + ((ka * 3 + kb) * s.c + c) * s.o + o);
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) pre[a][b] += patch[a + ka][b + kb] * wv;
+      }
+  }
+}
+
+// The gradient before the LeakyReLU of window (r, q) of image i, recomputed from the padded image:
+// JAX's tie rule on the window's outputs (positions outside the image never count, and get zero).
+inline void DirectWindowGrad(const float* P, const float* w, const float* bias, const float* dp, float slope,
+                             const Direct& s, int64_t i, int64_t r, int64_t q, int64_t o, v16 d[2][2]) {
+  v16 pre[2][2], ys[2][2], best = splat(-__builtin_inff()), count{};
+  DirectWindow(P, w, bias, s, r, q, o, pre);
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const bool inside = 2 * r + a < s.h && 2 * q + b < s.w;
+      ys[a][b] = inside ? leaky(pre[a][b], slope) : splat(-__builtin_inff());
+      best = vmax(best, ys[a][b]);
+    }
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) count += ys[a][b] == best ? splat(1.f) : v16{};
+  const v16 share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o) / count;
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b)
+      d[a][b] = ys[a][b] == best ? share * (ys[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+}
+
+// dpre of image i, (2 th) x (2 tw) x O (zero outside the image)
+void DirectImageGrad(const float* P, const float* w, const float* bias, const float* dp, float slope, const Direct& s,
+                     int64_t i, float* D) {
+  for (int64_t r = 0; r < s.th; ++r)
+    for (int64_t q = 0; q < s.tw; ++q)
+      for (int64_t o = 0; o < s.o; o += 16) {
+        v16 d[2][2];
+        DirectWindowGrad(P, w, bias, dp, slope, s, i, r, q, o, d);
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o, d[a][b]);
+      }
+}
+
+void DirectForward(const float* x, const float* w, const float* bias, float slope, int64_t N, const Direct& s,
+                   float* p) {
+#pragma omp parallel
+  {
+    float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      Pad(x, s, i, P);
+      for (int64_t r = 0; r < s.th; ++r)
+        for (int64_t q = 0; q < s.tw; ++q)
+          for (int64_t o = 0; o < s.o; o += 16) {
+            v16 pre[2][2], best = splat(-__builtin_inff());
+            DirectWindow(P, w, bias, s, r, q, o, pre);
+            for (int a = 0; a < 2; ++a)
+              for (int b = 0; b < 2; ++b)
+                if (2 * r + a < s.h && 2 * q + b < s.w) best = vmax(best, leaky(pre[a][b], slope));
+            store(p + ((i * s.th + r) * s.tw + q) * s.o + o, best);
+          }
+    }
+  }
+}
+
+// dw[ka][kb][c] = sum over pixels of P[pixel + (ka, kb)][c] * dpre[pixel]: per image, channel and
+// 16 output channels, the 9 sums stay in registers through the whole image.
+void DirectWeightGrad(const float* x, const float* w, const float* bias, const float* dp, float slope, int64_t N,
+                      const Direct& s, float* dw, float* db) {
+  const int threads = omp_get_max_threads();
+  const size_t per_thread = (9 * s.c + 1) * s.o;
+  float* partial = Sized(Scratch(kPartial), threads * per_thread);
+  std::fill(partial, partial + threads * per_thread, 0.f);
+  const int64_t rows = 2 * s.th, cols = 2 * s.tw;
+#pragma omp parallel
+  {
+    float* mine = partial + omp_get_thread_num() * per_thread;
+    float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
+    float* D = Sized(Scratch(kGradient), rows * cols * s.o);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      Pad(x, s, i, P);
+      DirectImageGrad(P, w, bias, dp, slope, s, i, D);
+      for (int64_t o = 0; o < s.o; o += 16) {
+        v16 sum{};
+        for (int64_t px = 0; px < rows * cols; ++px) sum += load(D + px * s.o + o);
+        store(mine + 9 * s.c * s.o + o, load(mine + 9 * s.c * s.o + o) + sum);
+        for (int64_t c = 0; c < s.c; ++c) {
+          v16 acc[9] = {};
+          for (int64_t row = 0; row < rows; ++row)
+            for (int64_t col = 0; col < cols; ++col) {
+              const v16 d = load(D + (row * cols + col) * s.o + o);
+              for (int ka = 0; ka < 3; ++ka)
+                for (int kb = 0; kb < 3; ++kb) acc[ka * 3 + kb] += splat(P[((row + ka) * s.pw + col + kb) * s.c + c]) * d;
+            }
+          for (int k = 0; k < 9; ++k) {
+            float* at = mine + (k * s.c + c) * s.o + o;
+            store(at, load(at) + acc[k]);
+          }
+        }
+      }
+    }
+  }
+  for (size_t j = 0; j < per_thread; ++j) {
+    float sum = 0.f;
+    for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + j];
+    (j < size_t(9 * s.c * s.o) ? dw[j] : db[j - 9 * s.c * s.o]) = sum;
+  }
+}
+
+// dx (rarely wanted: the network's input gradient): per image dpre, then back through the kernel
+void DirectInputGrad(const float* x, const float* w, const float* bias, const float* dp, float slope, int64_t N,
+                     const Direct& s, float* dx) {
+  const int64_t cols = 2 * s.tw;
+#pragma omp parallel
+  {
+    float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
+    float* D = Sized(Scratch(kGradient), 2 * s.th * cols * s.o);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      Pad(x, s, i, P);
+      DirectImageGrad(P, w, bias, dp, slope, s, i, D);
+      for (int64_t row = 0; row < s.h; ++row)
+        for (int64_t col = 0; col < s.w; ++col)
+          for (int64_t c = 0; c < s.c; ++c) {
+            v16 acc{};
+            for (int ka = 0; ka < 3; ++ka)
+              for (int kb = 0; kb < 3; ++kb) {
+                const int64_t orow = row - ka + 1, ocol = col - kb + 1;
+                if (orow < 0 || orow >= s.h || ocol < 0 || ocol >= s.w) continue;
+                for (int64_t o = 0; o < s.o; o += 16)
+                  acc += load(D + (orow * cols + ocol) * s.o + o) * load(w + ((ka * 3 + kb) * s.c + c) * s.o + o);
+              }
+            float sum = 0.f;
+            for (int l = 0; l < 16; ++l) sum += acc[l];
+            dx[((i * s.h + row) * s.w + col) * s.c + c] = sum;
+          }
+    }
+  }
+}
+
+// ---- FFI handlers -------------------------------------------------------------------------------
+
+using Buffer = ffi::Buffer<ffi::F32>;
+using Result = ffi::ResultBuffer<ffi::F32>;
+
+struct Dims {
+  int64_t n, h, w, c, o;
+};
+
+ffi::Error Check(const Buffer& x, const Buffer& w, bool winograd, Dims* d) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || wd[0] != 3 || wd[1] != 3 || wd[2] != xd[3])
+    return ffi::Error::InvalidArgument("fused conv: expected x (N, H, W, C) and w (3, 3, C, O)");
+  *d = Dims{xd[0], xd[1], xd[2], xd[3], wd[3]};
+  if (d->o % 16 || (winograd && d->c % 16))
+    return ffi::Error::InvalidArgument("fused conv: channels must be multiples of 16 (input channels too, Winograd)");
+  return ffi::Error::Success();
+}
+
+ffi::Error DirectFwd(Buffer x, Buffer w, Buffer b, float slope, Result p) {
+  Dims d;
+  if (auto e = Check(x, w, false, &d); e.failure()) return e;
+  DirectForward(x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n, Direct(d.h, d.w, d.c, d.o),
+                p->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error DirectBwdW(Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dw, Result db) {
+  Dims d;
+  if (auto e = Check(x, w, false, &d); e.failure()) return e;
+  DirectWeightGrad(x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
+                   Direct(d.h, d.w, d.c, d.o), dw->typed_data(), db->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error DirectBwdX(Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dx) {
+  Dims d;
+  if (auto e = Check(x, w, false, &d); e.failure()) return e;
+  DirectInputGrad(x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
+                  Direct(d.h, d.w, d.c, d.o), dx->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoFwd(Buffer x, Buffer w, Buffer b, float slope, Result y, Result p) {
+  Dims d;
+  if (auto e = Check(x, w, true, &d); e.failure()) return e;
+  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+  WeightTransform(w.typed_data(), d.c, d.o, false, U);
+  WinogradForward(x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o,
+                  y->typed_data(), p->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoInfer(Buffer x, Buffer w, Buffer b, float slope, Result p) {
+  Dims d;
+  if (auto e = Check(x, w, true, &d); e.failure()) return e;
+  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+  WeightTransform(w.typed_data(), d.c, d.o, false, U);
+  WinogradForward(x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o, nullptr,
+                  p->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoBwd(Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx, Result dw, Result db) {
+  Dims d;
+  if (auto e = Check(x, w, true, &d); e.failure()) return e;
+  const Geometry g(d.n, d.h, d.w);
+  float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
+  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+  WinogradWeightGrad(x.typed_data(), y.typed_data(), p.typed_data(), dp.typed_data(), slope, g, d.c, d.o, dpre,
+                     dw->typed_data(), db->typed_data());
+  WeightTransform(w.typed_data(), d.c, d.o, true, U);
+  WinogradForward(dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define ARG .Arg<ffi::Buffer<ffi::F32>>()
+#define RET .Ret<ffi::Buffer<ffi::F32>>()
+#define SLOPE .Attr<float>("slope")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, ffi::Ffi::Bind() ARG ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, ffi::Ffi::Bind() ARG ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, ffi::Ffi::Bind() ARG ARG ARG ARG ARG SLOPE RET RET RET);
