@@ -1,5 +1,5 @@
 // The study's convolution blocks, max_pool_same(leaky_relu(conv3x3_same(x, w) + b)), as hand-written
-// CPU kernels behind XLA FFI handlers. No library beyond OpenMP; built with g++ on first use by
+// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads. No library; built with g++ on first use by
 // emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC activations, HWIO weights.
 //
 // conv1 (few input channels: "direct"): the block is computed a pooling window at a time (a 4x4 input
@@ -22,13 +22,16 @@
 // Tie rule of the pool's gradient, as JAX's for a max: a window's gradient is split evenly among its
 // maxima; LeakyReLU's slope is read off the output's sign (y >= 0 where x >= 0, slope > 0).
 
-#include <omp.h>
-
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <new>
-#include <algorithm>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -50,7 +53,7 @@ inline v16 leaky(v16 v, float slope) { return v >= 0 ? v : v * slope; }
 // Per-thread buffers, grown to the largest size asked for and kept: a fresh allocation per call
 // would map and fault in fresh pages every step.
 // 64-byte aligned: a 16-float load that straddles two cache lines costs two.
-enum Slot { kV, kM, kImage, kU, kGradient, kPartial, kSlots };
+enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kSlots };
 
 struct Buffer64 {
   float* data = nullptr;
@@ -72,6 +75,60 @@ float* Sized(Buffer64& buffer, size_t n) {
   }
   return buffer.data;
 }
+
+// ---- running in parallel on XLA's own threads ------------------------------------------------------
+
+// body(part) for every part in [0, count): the caller runs parts too, and XLA's intra-op thread pool
+// (the threads XLA's own CPU kernels use) takes the others, so no second thread pool competes for the
+// cores. A part is claimed by whichever thread comes first and the caller never waits for a task that
+// has not started, so a busy pool cannot deadlock it. Work and partial sums are split by part, not by
+// thread, so the numbers do not depend on who ran what.
+class Parts {
+ public:
+  explicit Parts(ffi::ThreadPool* pool) : pool_(pool), count_(std::max<int64_t>(1, pool->num_threads())) {}
+  Parts(ffi::ThreadPool* pool, int count) : pool_(pool), count_(count) {}  // pool null: std::threads (C++ tests)
+  int count() const { return count_; }
+
+  template <typename F>
+  void Run(F&& body) const {
+    if (count_ == 1) return body(0);
+    struct State {
+      std::atomic<int> next{0}, finished{0};
+      std::atomic<bool> failed{false};
+    };
+    auto state = std::make_shared<State>();
+    auto* fn = &body;
+    const int count = count_;
+    auto work = [state, fn, count] {
+      for (int part; (part = state->next.fetch_add(1)) < count;) {
+        try {
+          (*fn)(part);
+        } catch (...) {  // (scratch memory) reported by the caller, never thrown on a pool thread
+          state->failed = true;
+        }
+        state->finished.fetch_add(1, std::memory_order_release);
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int k = 1; k < count_; ++k) {
+      if (pool_)
+        pool_->Schedule(decltype(work)(work));  // a copy: Schedule takes ownership of a prvalue
+      else
+        threads.emplace_back(work);
+    }
+    work();
+    while (state->finished.load(std::memory_order_acquire) < count_) std::this_thread::yield();
+    for (auto& t : threads) t.join();
+    if (state->failed) throw std::bad_alloc();
+  }
+
+  // [begin, end) of part `part` of n items
+  std::pair<int64_t, int64_t> Range(int64_t n, int part) const { return {n * part / count_, n * (part + 1) / count_}; }
+
+ private:
+  ffi::ThreadPool* pool_;
+  int count_;
+};
 
 // ---- a small matrix product: C (+)= A B, B row-major with 16*NV columns per panel ----------------
 // Layout and accumulation are template arguments: with them known, the inner loop is only loads,
@@ -131,27 +188,33 @@ struct Geometry {
   }
 };
 
-// U[16][ci][co] = G g G^T for every (ci, co); with rotate, g is w turned by 180 degrees with its
-// channel axes swapped (the kernel of the input gradient), so ci = O and co = C.
+// U[16][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), 16 output channels at a time; with
+// rotate, of w turned by 180 degrees with its channel axes swapped (the kernel of the input
+// gradient), so U is [16][O][C]. C and O multiples of 16.
 void WeightTransform(const float* w, int64_t C, int64_t O, bool rotate, float* U) {
-  const int64_t ci_n = rotate ? O : C, co_n = rotate ? C : O;
-#pragma omp parallel for schedule(static)
-  for (int64_t ci = 0; ci < ci_n; ++ci)
-    for (int64_t co = 0; co < co_n; ++co) {
-      float g[3][3], t[4][3];
+  if (rotate) {
+    float* turned = Sized(Scratch(kTurned), 9 * C * O);
+    for (int k = 0; k < 9; ++k)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t o = 0; o < O; ++o) turned[(k * O + o) * C + c] = w[((8 - k) * C + c) * O + o];
+    return WeightTransform(turned, O, C, false, U);
+  }
+  const v16 half = splat(0.5f);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t o = 0; o < O; o += 16) {
+      v16 g[3][3], t[4][3];
       for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b)
-          g[a][b] = rotate ? w[((2 - a) * 3 + 2 - b) * C * O + co * O + ci] : w[(a * 3 + b) * C * O + ci * O + co];
+        for (int b = 0; b < 3; ++b) g[a][b] = load(w + ((a * 3 + b) * C + c) * O + o);
       for (int b = 0; b < 3; ++b) {
         t[0][b] = g[0][b];
-        t[1][b] = 0.5f * (g[0][b] + g[1][b] + g[2][b]);
-        t[2][b] = 0.5f * (g[0][b] - g[1][b] + g[2][b]);
+        t[1][b] = half * (g[0][b] + g[1][b] + g[2][b]);
+        t[2][b] = half * (g[0][b] - g[1][b] + g[2][b]);
         t[3][b] = g[2][b];
       }
       for (int a = 0; a < 4; ++a) {
-        const float u[4] = {t[a][0], 0.5f * (t[a][0] + t[a][1] + t[a][2]), 0.5f * (t[a][0] - t[a][1] + t[a][2]),
-                            t[a][2]};
-        for (int b = 0; b < 4; ++b) U[((a * 4 + b) * ci_n + ci) * co_n + co] = u[b];
+        const v16 u[4] = {t[a][0], half * (t[a][0] + t[a][1] + t[a][2]), half * (t[a][0] - t[a][1] + t[a][2]),
+                          t[a][2]};
+        for (int b = 0; b < 4; ++b) store(U + ((a * 4 + b) * C + c) * O + o, u[b]);
       }
     }
 }
@@ -192,14 +255,13 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, fl
 
 // Winograd correlation of x (N, H, W, C) with U; per 2x2 output tile: with `act`, + bias and
 // LeakyReLU; y gets the outputs (if not null), p their maximum (if not null).
-void WinogradForward(const float* x, const float* U, const float* bias, float slope, bool act, const Geometry& g,
-                     int64_t C, int64_t O, float* y, float* p) {
-#pragma omp parallel
-  {
+void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope, bool act,
+                     const Geometry& g, int64_t C, int64_t O, float* y, float* p) {
+  parts.Run([&](int part) {
     float* V = Sized(Scratch(kV), 16 * kTiles * C);
     float* M = Sized(Scratch(kM), 16 * kTiles * O);
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < g.blocks; ++block) {
+    const auto [first, last] = parts.Range(g.blocks, part);
+    for (int64_t block = first; block < last; ++block) {
       const int64_t t0 = block * kTiles;
       InputTransform(x, g, C, t0, V);
       for (int e = 0; e < 16; ++e)
@@ -234,7 +296,7 @@ void WinogradForward(const float* x, const float* U, const float* bias, float sl
         }
       }
     }
-  }
+  });
 }
 
 // The gradient before the LeakyReLU of one pooling window (2x2 outputs at tile row r, column q of
@@ -260,20 +322,19 @@ inline void PoolLeakyGrad(const float* y, const float* p, const float* dp, const
 
 // One pass over the tiles: dpre (the gradient before the LeakyReLU, full size, for dx), and the
 // Winograd-domain weight gradient dU = sum over tiles of V^T (A dpre A^T), and db.
-void WinogradWeightGrad(const float* x, const float* y, const float* p, const float* dp, float slope,
-                        const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
-  const int threads = omp_get_max_threads();
-  const size_t per_thread = 16 * C * O + O;
-  float* partial = Sized(Scratch(kPartial), threads * per_thread);
-  std::fill(partial, partial + threads * per_thread, 0.f);
-#pragma omp parallel
-  {
-    float* myU = partial + omp_get_thread_num() * per_thread;
+void WinogradWeightGrad(const Parts& parts, const float* x, const float* y, const float* p, const float* dp,
+                        float slope, const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
+  const int count = parts.count();
+  const size_t per_part = 16 * C * O + O;
+  float* partial = Sized(Scratch(kPartial), count * per_part);
+  std::fill(partial, partial + count * per_part, 0.f);
+  parts.Run([&](int part) {
+    float* myU = partial + part * per_part;
     float* myB = myU + 16 * C * O;
     float* V = Sized(Scratch(kV), 16 * kTiles * C);
     float* Z = Sized(Scratch(kM), 16 * kTiles * O);
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < g.blocks; ++block) {
+    const auto [first, last] = parts.Range(g.blocks, part);
+    for (int64_t block = first; block < last; ++block) {
       const int64_t t0 = block * kTiles;
       InputTransform(x, g, C, t0, V);
       for (int64_t k = 0; k < kTiles; ++k) {
@@ -311,32 +372,32 @@ void WinogradWeightGrad(const float* x, const float* y, const float* p, const fl
       for (int e = 0; e < 16; ++e)
         Gemm<true, true>(V + e * kTiles * C, C, Z + e * kTiles * O, O, myU + e * C * O, O, C, O, kTiles);
     }
-  }
-  // dw = G^T dU G, the weight transform's transpose, summed over the threads' partial sums
-#pragma omp parallel for schedule(static)
+  });
+  // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time
+  const v16 half = splat(0.5f);
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t o = 0; o < O; ++o) {
-      float u[4][4], s[3][4];
+    for (int64_t o = 0; o < O; o += 16) {
+      v16 u[4][4], t[3][4];
       for (int e = 0; e < 16; ++e) {
-        float sum = 0.f;
-        for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + (e * C + c) * O + o];
+        v16 sum{};
+        for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + (e * C + c) * O + o);
         u[e / 4][e % 4] = sum;
       }
       for (int b = 0; b < 4; ++b) {
-        s[0][b] = u[0][b] + 0.5f * (u[1][b] + u[2][b]);
-        s[1][b] = 0.5f * (u[1][b] - u[2][b]);
-        s[2][b] = 0.5f * (u[1][b] + u[2][b]) + u[3][b];
+        t[0][b] = u[0][b] + half * (u[1][b] + u[2][b]);
+        t[1][b] = half * (u[1][b] - u[2][b]);
+        t[2][b] = half * (u[1][b] + u[2][b]) + u[3][b];
       }
       for (int a = 0; a < 3; ++a) {
-        dw[(a * 3 + 0) * C * O + c * O + o] = s[a][0] + 0.5f * (s[a][1] + s[a][2]);
-        dw[(a * 3 + 1) * C * O + c * O + o] = 0.5f * (s[a][1] - s[a][2]);
-        dw[(a * 3 + 2) * C * O + c * O + o] = 0.5f * (s[a][1] + s[a][2]) + s[a][3];
+        store(dw + ((a * 3 + 0) * C + c) * O + o, t[a][0] + half * (t[a][1] + t[a][2]));
+        store(dw + ((a * 3 + 1) * C + c) * O + o, half * (t[a][1] - t[a][2]));
+        store(dw + ((a * 3 + 2) * C + c) * O + o, half * (t[a][1] + t[a][2]) + t[a][3]);
       }
     }
-  for (int64_t o = 0; o < O; ++o) {
-    float sum = 0.f;
-    for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + 16 * C * O + o];
-    db[o] = sum;
+  for (int64_t o = 0; o < O; o += 16) {
+    v16 sum{};
+    for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + 16 * C * O + o);
+    store(db + o, sum);
   }
 }
 
@@ -408,13 +469,12 @@ void DirectImageGrad(const float* P, const float* w, const float* bias, const fl
       }
 }
 
-void DirectForward(const float* x, const float* w, const float* bias, float slope, int64_t N, const Direct& s,
-                   float* p) {
-#pragma omp parallel
-  {
+void DirectForward(const Parts& parts, const float* x, const float* w, const float* bias, float slope, int64_t N,
+                   const Direct& s, float* p) {
+  parts.Run([&](int part) {
     float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
+    const auto [first, last] = parts.Range(N, part);
+    for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
       for (int64_t r = 0; r < s.th; ++r)
         for (int64_t q = 0; q < s.tw; ++q)
@@ -427,25 +487,24 @@ void DirectForward(const float* x, const float* w, const float* bias, float slop
             store(p + ((i * s.th + r) * s.tw + q) * s.o + o, best);
           }
     }
-  }
+  });
 }
 
 // dw[ka][kb][c] = sum over pixels of P[pixel + (ka, kb)][c] * dpre[pixel]: per image, channel and
 // 16 output channels, the 9 sums stay in registers through the whole image.
-void DirectWeightGrad(const float* x, const float* w, const float* bias, const float* dp, float slope, int64_t N,
-                      const Direct& s, float* dw, float* db) {
-  const int threads = omp_get_max_threads();
-  const size_t per_thread = (9 * s.c + 1) * s.o;
-  float* partial = Sized(Scratch(kPartial), threads * per_thread);
-  std::fill(partial, partial + threads * per_thread, 0.f);
+void DirectWeightGrad(const Parts& parts, const float* x, const float* w, const float* bias, const float* dp,
+                      float slope, int64_t N, const Direct& s, float* dw, float* db) {
+  const int count = parts.count();
+  const size_t per_part = (9 * s.c + 1) * s.o;
+  float* partial = Sized(Scratch(kPartial), count * per_part);
+  std::fill(partial, partial + count * per_part, 0.f);
   const int64_t rows = 2 * s.th, cols = 2 * s.tw;
-#pragma omp parallel
-  {
-    float* mine = partial + omp_get_thread_num() * per_thread;
+  parts.Run([&](int part) {
+    float* mine = partial + part * per_part;
     float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
     float* D = Sized(Scratch(kGradient), rows * cols * s.o);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
+    const auto [first, last] = parts.Range(N, part);
+    for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
       DirectImageGrad(P, w, bias, dp, slope, s, i, D);
       for (int64_t o = 0; o < s.o; o += 16) {
@@ -467,24 +526,23 @@ void DirectWeightGrad(const float* x, const float* w, const float* bias, const f
         }
       }
     }
-  }
-  for (size_t j = 0; j < per_thread; ++j) {
+  });
+  for (size_t j = 0; j < per_part; ++j) {
     float sum = 0.f;
-    for (int k = 0; k < threads; ++k) sum += partial[k * per_thread + j];
+    for (int k = 0; k < count; ++k) sum += partial[k * per_part + j];
     (j < size_t(9 * s.c * s.o) ? dw[j] : db[j - 9 * s.c * s.o]) = sum;
   }
 }
 
 // dx (rarely wanted: the network's input gradient): per image dpre, then back through the kernel
-void DirectInputGrad(const float* x, const float* w, const float* bias, const float* dp, float slope, int64_t N,
-                     const Direct& s, float* dx) {
+void DirectInputGrad(const Parts& parts, const float* x, const float* w, const float* bias, const float* dp,
+                     float slope, int64_t N, const Direct& s, float* dx) {
   const int64_t cols = 2 * s.tw;
-#pragma omp parallel
-  {
+  parts.Run([&](int part) {
     float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
     float* D = Sized(Scratch(kGradient), 2 * s.th * cols * s.o);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
+    const auto [first, last] = parts.Range(N, part);
+    for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
       DirectImageGrad(P, w, bias, dp, slope, s, i, D);
       for (int64_t row = 0; row < s.h; ++row)
@@ -503,7 +561,7 @@ void DirectInputGrad(const float* x, const float* w, const float* bias, const fl
             dx[((i * s.h + row) * s.w + col) * s.c + c] = sum;
           }
     }
-  }
+  });
 }
 
 // ---- FFI handlers -------------------------------------------------------------------------------
@@ -526,60 +584,85 @@ ffi::Error Check(const Buffer& x, const Buffer& w, bool winograd, Dims* d) {
   return ffi::Error::Success();
 }
 
-ffi::Error DirectFwd(Buffer x, Buffer w, Buffer b, float slope, Result p) {
+ffi::Error DirectFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p) {
   Dims d;
   if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  DirectForward(x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n, Direct(d.h, d.w, d.c, d.o),
-                p->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error DirectBwdW(Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dw, Result db) {
-  Dims d;
-  if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  DirectWeightGrad(x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
-                   Direct(d.h, d.w, d.c, d.o), dw->typed_data(), db->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error DirectBwdX(Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dx) {
-  Dims d;
-  if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  DirectInputGrad(x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
-                  Direct(d.h, d.w, d.c, d.o), dx->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error WinoFwd(Buffer x, Buffer w, Buffer b, float slope, Result y, Result p) {
-  Dims d;
-  if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-  WeightTransform(w.typed_data(), d.c, d.o, false, U);
-  WinogradForward(x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o,
-                  y->typed_data(), p->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error WinoInfer(Buffer x, Buffer w, Buffer b, float slope, Result p) {
-  Dims d;
-  if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-  WeightTransform(w.typed_data(), d.c, d.o, false, U);
-  WinogradForward(x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o, nullptr,
+  try {
+    DirectForward(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n, Direct(d.h, d.w, d.c, d.o),
                   p->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
   return ffi::Error::Success();
 }
 
-ffi::Error WinoBwd(Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx, Result dw, Result db) {
+ffi::Error DirectBwdW(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dw, Result db) {
+  Dims d;
+  if (auto e = Check(x, w, false, &d); e.failure()) return e;
+  try {
+    DirectWeightGrad(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
+                     Direct(d.h, d.w, d.c, d.o), dw->typed_data(), db->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error DirectBwdX(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dx) {
+  Dims d;
+  if (auto e = Check(x, w, false, &d); e.failure()) return e;
+  try {
+    DirectInputGrad(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
+                    Direct(d.h, d.w, d.c, d.o), dx->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result y, Result p) {
   Dims d;
   if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  const Geometry g(d.n, d.h, d.w);
-  float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
-  float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-  WinogradWeightGrad(x.typed_data(), y.typed_data(), p.typed_data(), dp.typed_data(), slope, g, d.c, d.o, dpre,
-                     dw->typed_data(), db->typed_data());
-  WeightTransform(w.typed_data(), d.c, d.o, true, U);
-  WinogradForward(dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr);
+  try {
+    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+    WeightTransform(w.typed_data(), d.c, d.o, false, U);
+    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o,
+                    y->typed_data(), p->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p) {
+  Dims d;
+  if (auto e = Check(x, w, true, &d); e.failure()) return e;
+  try {
+    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+    WeightTransform(w.typed_data(), d.c, d.o, false, U);
+    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o, nullptr,
+                    p->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx, Result dw, Result db) {
+  Dims d;
+  if (auto e = Check(x, w, true, &d); e.failure()) return e;
+  try {
+    const Geometry g(d.n, d.h, d.w);
+    const Parts parts(&pool);
+    float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
+    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
+    WinogradWeightGrad(parts, x.typed_data(), y.typed_data(), p.typed_data(), dp.typed_data(), slope, g, d.c, d.o, dpre,
+                       dw->typed_data(), db->typed_data());
+    WeightTransform(w.typed_data(), d.c, d.o, true, U);
+    WinogradForward(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
   return ffi::Error::Success();
 }
 
@@ -589,9 +672,9 @@ ffi::Error WinoBwd(Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slop
 #define RET .Ret<ffi::Buffer<ffi::F32>>()
 #define SLOPE .Attr<float>("slope")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, ffi::Ffi::Bind() ARG ARG ARG ARG SLOPE RET RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, ffi::Ffi::Bind() ARG ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, ffi::Ffi::Bind() ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, ffi::Ffi::Bind() ARG ARG ARG ARG ARG SLOPE RET RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG ARG SLOPE RET RET RET);
