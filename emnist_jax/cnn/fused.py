@@ -39,7 +39,8 @@ def build(folder: str | None = None) -> str:
     if os.environ.get("EMNIST_JAX_FUSED", "1") == "0":
         raise FusedUnavailable("turned off by EMNIST_JAX_FUSED=0")
     try:
-        return native.build(SOURCE, "fused_conv", folder or native.cache_folder(), native.FLAGS, [], [])
+        flags = [f for f in native.FLAGS if f != "-fopenmp"] + ["-pthread"]   # XLA's threads, not OpenMP's
+        return native.build(SOURCE, "fused_conv", folder or native.cache_folder(), flags, [], [])
     except native.BuildError as e:
         raise FusedUnavailable(str(e)) from None
 
