@@ -1,8 +1,9 @@
 """The study's CNN: training and evaluation throughput, compile time, accuracy after short training.
 
-The convolution is a parameter, set to what ``TrainConfig().resolved()`` picks here ("onednn" on a
-CPU with the optional extra, "slices" without it; ``asv run --python=same`` measures the project's
-own environment, extras included): a fallback shows as another parameter value, not as a slowdown.
+The convolution is a parameter, set to what ``TrainConfig().resolved()`` picks here (on a CPU
+"fused" where g++ builds our kernels, else "onednn" with the optional extra, else "slices";
+``asv run --python=same`` measures the project's own environment, extras included): a fallback shows
+as another parameter value, not as a slowdown.
 """
 
 import numpy as np

@@ -40,8 +40,8 @@ TRAIN_MFLOP = 45.9
 #: (convolution, steps per call, loop) of each JAX variant timed; "default" is what
 #: TrainConfig().resolved("cpu") picks, timed first so that its first call is a real compile (a later
 #: variant with the same settings reuses it). Variants whose convolution is unavailable are skipped.
-VARIANTS = (("default", None, None), ("onednn", 1, "unroll"), ("onednn", 4, "unroll"), ("onednn", 4, "scan"),
-            ("onednn", 8, "scan"), ("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"),
+VARIANTS = (("default", None, None), ("fused", 1, "unroll"), ("fused", 8, "scan"), ("onednn", 1, "unroll"),
+            ("onednn", 4, "scan"), ("xla", 1, "unroll"), ("xla", 4, "unroll"), ("slices", 1, "unroll"),
             ("slices", 4, "unroll"), ("slices", 4, "scan"))
 
 
@@ -326,11 +326,11 @@ def child(args) -> None:
         serve(args.child[len("serve-"):], args.batches)
         return
     if args.child == "jax":
-        from emnist_jax.cnn import onednn
+        from emnist_jax.cnn import fused, onednn
 
         out = {"peak": matmul_peak(min(args.seconds, 3.0)), "rows": jax_rows(args.batches, args.seconds,
                                                                             [parse_variant(v) for v in args.variants]),
-               "onednn_unavailable": onednn.unavailable_reason()}
+               "onednn_unavailable": onednn.unavailable_reason(), "fused_unavailable": fused.unavailable_reason()}
     else:
         out = {"rows": torch_rows(args.batches, args.seconds, compiled=args.child == "torch-compile")}
     out["mallopt_applied"] = malloc
@@ -580,6 +580,8 @@ def main() -> None:
                 peaks[malloc] = out["peak"]["gflops"]
             if out.get("onednn_unavailable"):
                 notes.append(f"malloc {malloc}: no oneDNN variants: {out['onednn_unavailable']}")
+            if out.get("fused_unavailable"):
+                notes.append(f"malloc {malloc}: no fused variants: {out['fused_unavailable']}")
             children.append({"kind": kind, "malloc": malloc, "mallopt_applied": out.get("mallopt_applied"),
                              "seconds": out.get("seconds")})
             rows += [dict(r, malloc=malloc) for r in out["rows"]]

@@ -41,7 +41,8 @@ CONFIG_OPTIONS = (
     ("eval_batch_size", int, "B", "images per evaluation batch"),
     ("log_every", int, "N", "update the progress bar every N calls (each update waits for the device)"),
 )
-CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices", "onednn", "fused"), "loop": ("scan", "unroll")}
+CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices", "onednn", "fused"),
+           "loop": ("scan", "unroll")}
 
 
 def build_parser() -> argparse.ArgumentParser:

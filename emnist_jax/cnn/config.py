@@ -28,7 +28,7 @@ class BackendDefaults:
     grad_chunk: int = 0  # images per gradient chunk inside a step (0: the whole batch at once)
 
 
-#: Per-backend execution choices. None of them changes the model or the recipe: the two
+#: Per-backend execution choices. None of them changes the model or the recipe: the
 #: convolution forms compute the same layers, and K steps per call (scanned or unrolled) are K
 #: ordinary steps; they only change speed (and float rounding).
 BACKEND_DEFAULTS = {
@@ -77,10 +77,12 @@ def native_available(impl: str) -> bool:
 
 
 def onednn_available() -> bool:
+    """True where oneDNN's convolution can run here (the optional extra, built on first call)."""
     return native_available("onednn")
 
 
 def fused_available() -> bool:
+    """True where our fused kernels can run here (built with g++ on first call)."""
     return native_available("fused")
 
 
@@ -139,7 +141,7 @@ class TrainConfig:
     holdout_fraction: float = 0.33
     seed: int = 0
     eval_batch_size: int = 1024
-    conv_impl: str = "auto"               # "xla", "slices", "onednn" (CPU) or "auto" (per backend)
+    conv_impl: str = "auto"               # "xla", "slices", "fused", "onednn" (both CPU) or "auto" (per backend)
     steps_per_call: int | None = None     # K steps per jitted call; None = per backend
     grad_chunk: int | None = None         # images per gradient chunk in a step (0 = whole batch); None = per backend
     loop: str | None = None               # "scan" or "unroll" the K steps; None = per backend

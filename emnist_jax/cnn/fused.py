@@ -7,10 +7,11 @@ two backward (``fused_conv.cc``):
 - channels a multiple of 16 (conv2, conv3): Winograd F(2x2, 3x3), 2.25x fewer multiplies than the
   direct form, with bias, LeakyReLU and the pool applied to each 2x2 output tile as it is made; the
   backward pass is the gradient of the same algorithm.
-Same numbers as the XLA forms to float rounding (tests/test_cnn_fused.py). Needs only g++ (the
-extension is compiled on first use, about 10 s, into :func:`emnist_jax.cnn.native.cache_folder`);
-where it cannot be built, :func:`available` is False, :func:`unavailable_reason` says why and
-``conv_impl="auto"`` falls back to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
+Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py). The kernels run
+on XLA's own intra-op threads. Needs only g++ (the extension is compiled on first use, about 10 s,
+into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
+False, :func:`unavailable_reason` says why and ``conv_impl="auto"`` falls back to oneDNN's extension
+where installed, else to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str | None:
+    """Why the kernels cannot run here, in one line; None where they can."""
     return _load()
 
 
@@ -84,34 +86,49 @@ def supports(channels: int, features: int) -> bool:
     return features % 16 == 0 and (channels < 16 or channels % 16 == 0)
 
 
-def _shape(x, w, *shape):
+def _check(x: jax.Array, w: jax.Array, b: jax.Array, slope: float) -> None:
+    """At trace time, so that a misuse is a Python error rather than one from inside XLA."""
+    if x.ndim != 4 or w.shape[:2] != (3, 3) or w.ndim != 4 or w.shape[2] != x.shape[-1] or b.shape != w.shape[-1:]:
+        raise ValueError(f"expected x (N, H, W, C), w (3, 3, C, O), b (O,); got {x.shape}, {w.shape}, {b.shape}")
+    if not supports(x.shape[-1], w.shape[-1]):
+        raise ValueError(f"channels {x.shape[-1]} -> {w.shape[-1]}: output channels must be a multiple of 16, "
+                         "input channels below 16 or a multiple of 16")
+    if any(a.dtype != np.float32 for a in (x, w, b)):
+        raise ValueError(f"float32 only, got {x.dtype}, {w.dtype}, {b.dtype}")
+    if not slope > 0:
+        raise ValueError(f"the LeakyReLU slope must be positive, got {slope}")
+
+
+def _like(x: jax.Array, *shape: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, x.dtype)
 
 
-def _pooled(x, w):
+def _pooled(x: jax.Array, w: jax.Array) -> jax.ShapeDtypeStruct:
     n, h, wd, _ = x.shape
-    return _shape(x, w, n, -(-h // 2), -(-wd // 2), w.shape[-1])
+    return _like(x, n, -(-h // 2), -(-wd // 2), w.shape[-1])
 
 
-def _direct(x) -> bool:
+def _direct(x: jax.Array) -> bool:
     return x.shape[-1] < 16
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv3x3_block(x, w, b, slope: float = 0.1):
+def conv3x3_block(x: jax.Array, w: jax.Array, b: jax.Array, slope: float = 0.1) -> jax.Array:
     """``max_pool_same(leaky_relu(conv3x3_same(x, w) + b, slope))``: x (N, H, W, C), w (3, 3, C, O), b (O,),
-    float32, shapes as :func:`supports`; the result is (N, ceil(H/2), ceil(W/2), O)."""
+    float32, channels as :func:`supports`, slope > 0; the result is (N, ceil(H/2), ceil(W/2), O)."""
+    _check(x, w, b, slope)
     _require()
     target = "fused_direct_fwd" if _direct(x) else "fused_wino_infer"
     return jax.ffi.ffi_call(target, _pooled(x, w))(x, w, b, slope=np.float32(slope))
 
 
 def _fwd(x, w, b, slope):
+    _check(x, w, b, slope)
     _require()
     if _direct(x):
         p = jax.ffi.ffi_call("fused_direct_fwd", _pooled(x, w))(x, w, b, slope=np.float32(slope))
         return p, (x, w, b, None, None)
-    y, p = jax.ffi.ffi_call("fused_wino_fwd", (_shape(x, w, *x.shape[:3], w.shape[-1]), _pooled(x, w)))(
+    y, p = jax.ffi.ffi_call("fused_wino_fwd", (_like(x, *x.shape[:3], w.shape[-1]), _pooled(x, w)))(
         x, w, b, slope=np.float32(slope))
     return p, (x, w, b, y, p)
 
@@ -120,12 +137,12 @@ def _bwd(slope, residuals, dp):
     x, w, b, y, p = residuals
     slope = np.float32(slope)
     if y is None:   # direct: dx in a call of its own, which XLA drops where only dw, db are used
-        dw, db = jax.ffi.ffi_call("fused_direct_bwd_w", (_shape(x, w, *w.shape), _shape(x, w, w.shape[-1])))(
+        dw, db = jax.ffi.ffi_call("fused_direct_bwd_w", (_like(x, *w.shape), _like(x, w.shape[-1])))(
             x, w, b, dp, slope=slope)
-        dx = jax.ffi.ffi_call("fused_direct_bwd_x", _shape(x, w, *x.shape))(x, w, b, dp, slope=slope)
+        dx = jax.ffi.ffi_call("fused_direct_bwd_x", _like(x, *x.shape))(x, w, b, dp, slope=slope)
         return dx, dw, db
-    return jax.ffi.ffi_call("fused_wino_bwd", (_shape(x, w, *x.shape), _shape(x, w, *w.shape),
-                                               _shape(x, w, w.shape[-1])))(x, w, y, p, dp, slope=slope)
+    return jax.ffi.ffi_call("fused_wino_bwd", (_like(x, *x.shape), _like(x, *w.shape), _like(x, w.shape[-1])))(
+        x, w, y, p, dp, slope=slope)
 
 
 conv3x3_block.defvjp(_fwd, _bwd)

@@ -1,5 +1,5 @@
 // The study's convolution blocks, max_pool_same(leaky_relu(conv3x3_same(x, w) + b)), as hand-written
-// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads. No library; built with g++ on first use by
+// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads; no library. Built with g++ on first use by
 // emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC activations, HWIO weights.
 //
 // conv1 (few input channels: "direct"): the block is computed a pooling window at a time (a 4x4 input
@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <exception>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -47,12 +48,14 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+inline v16 vmax(v16 a, v16 b) { return (a > b) | (a != a) ? a : b; }  // a NaN wins, as in jnp.max
 inline v16 leaky(v16 v, float slope) { return v >= 0 ? v : v * slope; }
 
 // Per-thread buffers, grown to the largest size asked for and kept: a fresh allocation per call
 // would map and fault in fresh pages every step.
-// 64-byte aligned: a 16-float load that straddles two cache lines costs two.
+// 64-byte aligned: a 16-float load that straddles two cache lines costs two. A handler's calling
+// thread holds kU, kTurned, kPartial and (Winograd) kGradient across a call; the parts (on every
+// thread, the caller included) use kV and kM, or (direct) kImage and kGradient.
 enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kSlots };
 
 struct Buffer64 {
@@ -69,6 +72,7 @@ Buffer64& Scratch(Slot slot) {
 float* Sized(Buffer64& buffer, size_t n) {
   if (buffer.size < n) {
     std::free(buffer.data);
+    buffer.size = 0;
     buffer.data = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
     if (!buffer.data) throw std::bad_alloc();
     buffer.size = n;
@@ -81,12 +85,13 @@ float* Sized(Buffer64& buffer, size_t n) {
 // body(part) for every part in [0, count): the caller runs parts too, and XLA's intra-op thread pool
 // (the threads XLA's own CPU kernels use) takes the others, so no second thread pool competes for the
 // cores. A part is claimed by whichever thread comes first and the caller never waits for a task that
-// has not started, so a busy pool cannot deadlock it. Work and partial sums are split by part, not by
-// thread, so the numbers do not depend on who ran what.
+// has not started, so a busy pool cannot deadlock it; a task that starts late finds nothing left and
+// never touches `body`. Work and partial sums are split by part, one per pool thread, so the numbers
+// do not depend on which thread ran what (they do on the pool's size: the same machine and thread
+// count give the same numbers).
 class Parts {
  public:
   explicit Parts(ffi::ThreadPool* pool) : pool_(pool), count_(std::max<int64_t>(1, pool->num_threads())) {}
-  Parts(ffi::ThreadPool* pool, int count) : pool_(pool), count_(count) {}  // pool null: std::threads (C++ tests)
   int count() const { return count_; }
 
   template <typename F>
@@ -94,6 +99,7 @@ class Parts {
     if (count_ == 1) return body(0);
     struct State {
       std::atomic<int> next{0}, finished{0};
+      std::exception_ptr error;  // the first part's failure, written before its `finished` increment
       std::atomic<bool> failed{false};
     };
     auto state = std::make_shared<State>();
@@ -103,23 +109,20 @@ class Parts {
       for (int part; (part = state->next.fetch_add(1)) < count;) {
         try {
           (*fn)(part);
-        } catch (...) {  // (scratch memory) reported by the caller, never thrown on a pool thread
-          state->failed = true;
+        } catch (...) {  // reported by the caller, never thrown on a pool thread
+          if (!state->failed.exchange(true)) state->error = std::current_exception();
         }
         state->finished.fetch_add(1, std::memory_order_release);
       }
     };
-    std::vector<std::thread> threads;
-    for (int k = 1; k < count_; ++k) {
-      if (pool_)
-        pool_->Schedule(decltype(work)(work));  // a copy: Schedule takes ownership of a prvalue
-      else
-        threads.emplace_back(work);
+    try {
+      for (int k = 1; k < count_; ++k) pool_->Schedule(decltype(work)(work));  // a copy: Schedule owns it
+    } catch (...) {
+      // fewer helpers (Schedule's allocation failed): the caller takes the parts they leave
     }
     work();
     while (state->finished.load(std::memory_order_acquire) < count_) std::this_thread::yield();
-    for (auto& t : threads) t.join();
-    if (state->failed) throw std::bad_alloc();
+    if (state->error) std::rethrow_exception(state->error);
   }
 
   // [begin, end) of part `part` of n items
@@ -182,8 +185,8 @@ constexpr int64_t kTiles = 36;
 
 struct Geometry {
   int64_t n, h, w, th, tw, tiles, per_block, blocks;
-  Geometry(int64_t n_, int64_t h_, int64_t w_, int64_t per_block_ = kTiles)  // (per_block: for measurements)
-      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw), per_block(per_block_),
+  Geometry(int64_t n_, int64_t h_, int64_t w_)
+      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw), per_block(kTiles),
         blocks((tiles + per_block - 1) / per_block) {}
   // image, tile row, tile column of tile t
   void where(int64_t t, int64_t* i, int64_t* r, int64_t* q) const {
@@ -458,7 +461,7 @@ inline void DirectWindowGrad(const float* P, const float* w, const float* bias, 
   const v16 share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o) / count;
   for (int a = 0; a < 2; ++a)
     for (int b = 0; b < 2; ++b)
-      d[a][b] = ys[a][b] == best ? share * (ys[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+      d[a][b] = ys[a][b] == best ? share * (pre[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
 }
 
 // dpre of image i, (2 th) x (2 tw) x O (zero outside the image)
@@ -522,7 +525,8 @@ void DirectWeightGrad(const Parts& parts, const float* x, const float* w, const 
             for (int64_t col = 0; col < cols; ++col) {
               const v16 d = load(D + (row * cols + col) * s.o + o);
               for (int ka = 0; ka < 3; ++ka)
-                for (int kb = 0; kb < 3; ++kb) acc[ka * 3 + kb] += splat(P[((row + ka) * s.pw + col + kb) * s.c + c]) * d;
+                for (int kb = 0; kb < 3; ++kb)
+                  acc[ka * 3 + kb] += splat(P[((row + ka) * s.pw + col + kb) * s.c + c]) * d;
             }
           for (int k = 0; k < 9; ++k) {
             float* at = mine + (k * s.c + c) * s.o + o;
@@ -576,9 +580,21 @@ using Result = ffi::ResultBuffer<ffi::F32>;
 
 struct Dims {
   int64_t n, h, w, c, o;
+  std::vector<int64_t> image(int64_t channels) const { return {n, h, w, channels}; }
+  std::vector<int64_t> pooled() const { return {n, (h + 1) / 2, (w + 1) / 2, o}; }
+  std::vector<int64_t> kernel() const { return {3, 3, c, o}; }
+  std::vector<int64_t> bias() const { return {o}; }
 };
 
-ffi::Error Check(const Buffer& x, const Buffer& w, bool winograd, Dims* d) {
+template <typename T>
+bool Is(const T& buffer, const std::vector<int64_t>& shape) {
+  auto d = buffer.dimensions();
+  return std::vector<int64_t>(d.begin(), d.end()) == shape;
+}
+
+// x (N, H, W, C) and w (3, 3, C, O) define the shapes; the slope must be positive (the backward pass
+// reads LeakyReLU's branch off the output's sign).
+ffi::Error Check(const Buffer& x, const Buffer& w, float slope, bool winograd, Dims* d) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   if (xd.size() != 4 || wd.size() != 4 || wd[0] != 3 || wd[1] != 3 || wd[2] != xd[3])
@@ -586,77 +602,91 @@ ffi::Error Check(const Buffer& x, const Buffer& w, bool winograd, Dims* d) {
   *d = Dims{xd[0], xd[1], xd[2], xd[3], wd[3]};
   if (d->o % 16 || (winograd && d->c % 16))
     return ffi::Error::InvalidArgument("fused conv: channels must be multiples of 16 (input channels too, Winograd)");
+  if (!(slope > 0.f)) return ffi::Error::InvalidArgument("fused conv: the LeakyReLU slope must be positive");
+  return ffi::Error::Success();
+}
+
+ffi::Error Shapes(bool ok) {
+  if (ok) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument("fused conv: an argument's shape does not fit x and w");
+}
+
+template <typename F>
+ffi::Error Guarded(F&& kernel) {
+  try {
+    kernel();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
+  }
   return ffi::Error::Success();
 }
 
 ffi::Error DirectFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p) {
   Dims d;
-  if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  try {
-    DirectForward(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n, Direct(d.h, d.w, d.c, d.o),
-                  p->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+  if (auto e = Check(x, w, slope, false, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled())); e.failure()) return e;
+  return Guarded([&] {
+    DirectForward(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n,
+                  Direct(d.h, d.w, d.c, d.o), p->typed_data());
+  });
 }
 
-ffi::Error DirectBwdW(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dw, Result db) {
+ffi::Error DirectBwdW(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dw,
+                      Result db) {
   Dims d;
-  if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  try {
+  if (auto e = Check(x, w, slope, false, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(dp, d.pooled()) && Is(*dw, d.kernel()) && Is(*db, d.bias()));
+      e.failure())
+    return e;
+  return Guarded([&] {
     DirectWeightGrad(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
                      Direct(d.h, d.w, d.c, d.o), dw->typed_data(), db->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error DirectBwdX(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer dp, float slope, Result dx) {
   Dims d;
-  if (auto e = Check(x, w, false, &d); e.failure()) return e;
-  try {
+  if (auto e = Check(x, w, slope, false, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c))); e.failure()) return e;
+  return Guarded([&] {
     DirectInputGrad(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
                     Direct(d.h, d.w, d.c, d.o), dx->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result y, Result p) {
   Dims d;
-  if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  try {
+  if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(*y, d.image(d.o)) && Is(*p, d.pooled())); e.failure()) return e;
+  return Guarded([&] {
     float* U = Sized(Scratch(kU), 16 * d.c * d.o);
     WeightTransform(w.typed_data(), d.c, d.o, false, U);
-    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o,
-                    y->typed_data(), p->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
+                    d.o, y->typed_data(), p->typed_data());
+  });
 }
 
 ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p) {
   Dims d;
-  if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  try {
+  if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled())); e.failure()) return e;
+  return Guarded([&] {
     float* U = Sized(Scratch(kU), 16 * d.c * d.o);
     WeightTransform(w.typed_data(), d.c, d.o, false, U);
-    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c, d.o, nullptr,
-                    p->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
+                    d.o, nullptr, p->typed_data());
+  });
 }
 
-ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx, Result dw, Result db) {
+ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx,
+                   Result dw, Result db) {
   Dims d;
-  if (auto e = Check(x, w, true, &d); e.failure()) return e;
-  try {
+  if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = Shapes(Is(y, d.image(d.o)) && Is(p, d.pooled()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c)) &&
+                      Is(*dw, d.kernel()) && Is(*db, d.bias()));
+      e.failure())
+    return e;
+  return Guarded([&] {
     const Geometry g(d.n, d.h, d.w);
     const Parts parts(&pool);
     float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
@@ -665,10 +695,7 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p,
                        dpre, dw->typed_data(), db->typed_data());
     WeightTransform(w.typed_data(), d.c, d.o, true, U);
     WinogradForward(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr);
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("fused conv: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 }  // namespace
@@ -676,10 +703,16 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p,
 #define ARG .Arg<ffi::Buffer<ffi::F32>>()
 #define RET .Ret<ffi::Buffer<ffi::F32>>()
 #define SLOPE .Attr<float>("slope")
+#define BIND ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG SLOPE RET RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARG ARG ARG ARG ARG SLOPE RET RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, BIND ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, BIND ARG ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, BIND ARG ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, BIND ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, BIND ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, BIND ARG ARG ARG ARG ARG SLOPE RET RET RET);
+
+#undef ARG
+#undef RET
+#undef SLOPE
+#undef BIND

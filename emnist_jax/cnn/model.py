@@ -9,11 +9,15 @@ rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
 - ``"xla"``: ``lax.conv_general_dilated``, XLA's native convolution (fast on GPU/TPU);
 - ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, whose
   weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``;
+- ``"fused"`` (CPU, needs g++): our C++ kernels, one call per block forward and backward: a direct
+  convolution a pooling window at a time for conv1, Winograd F(2x2, 3x3) for conv2 and conv3, bias,
+  LeakyReLU and pool applied as each output tile is made (``emnist_jax.cnn.fused``); shapes it does
+  not take (channels not multiples of 16) use the slices form;
 - ``"onednn"`` (CPU, optional extra): oneDNN's direct convolution with bias and LeakyReLU fused,
   the pooling and its backward in one C++ pass each, input and weight gradients each one oneDNN
   call (``emnist_jax.cnn.onednn``).
-Max-pooling is a reshape and a max in both (``reduce_window``'s backward pass was half of the
-step time on CPU).
+Max-pooling is a reshape and a max in the XLA forms (``reduce_window``'s backward pass was half of
+the step time on CPU).
 """
 
 from __future__ import annotations
@@ -75,9 +79,9 @@ class Conv3x3(nn.Module):
         if self.impl == "fused":
             from emnist_jax.cnn import fused
 
-            if fused.supports(x.shape[-1], self.features):
+            if fused.supports(x.shape[-1], self.features) and x.dtype == kernel.dtype == jnp.float32:
                 return fused.conv3x3_block(x, kernel, bias, self.slope)
-        conv = conv3x3_xla if self.impl == "xla" else conv3x3_slices
+        conv = {"xla": conv3x3_xla, "slices": conv3x3_slices, "fused": conv3x3_slices}[self.impl]
         return max_pool_same(nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope))
 
 

@@ -1,16 +1,17 @@
 """Compiling one of the CNN's C++ extensions with g++ into a cache folder, once per source and machine.
 
-Shared by :mod:`emnist_jax.cnn.fused` (no library beyond OpenMP) and :mod:`emnist_jax.cnn.onednn`.
-The file's name carries a hash of the source, the compile command, JAX's version and the processor
-(``-march=native``), so a changed source, JAX or machine builds anew; the library is written under a
-temporary name and renamed, so a reader never sees half a file. ``$EMNIST_JAX_NATIVE_CACHE`` moves
-the folder (default ``~/.cache/emnist_jax/native``).
+Shared by :mod:`emnist_jax.cnn.fused` (no library) and :mod:`emnist_jax.cnn.onednn`. The file's name
+carries a hash of the source, the compile command, the compiler's and JAX's versions and the
+processor's model and instruction sets (``-march=native``), so a changed source, compiler, JAX or
+machine builds anew; the library is written under a temporary name and renamed, so a reader never
+sees half a file. ``$EMNIST_JAX_NATIVE_CACHE`` moves the folder (default ``~/.cache/emnist_jax/native``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,17 +26,33 @@ class BuildError(RuntimeError):
 
 
 def cache_folder() -> str:
+    """Where the compiled extensions are kept."""
     return os.environ.get("EMNIST_JAX_NATIVE_CACHE",
                           os.path.join(os.path.expanduser("~"), ".cache", "emnist_jax", "native"))
 
 
 def _cpu() -> str:
-    """The processor's model line: the extension is compiled for this machine (-march=native)."""
+    """The processor's model and instruction-set lines: the extension is compiled for this machine
+    (-march=native), and a VM may hide instruction sets of a model it names."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("model name")), "")
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(dict.fromkeys(lines))
     except OSError:
         return ""
+
+
+def _version(compiler: list[str]) -> str:
+    try:
+        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _first_error(stderr: str) -> str:
+    """The compiler's first error line (its last line is mostly a caret or "compilation terminated")."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    return next((line for line in lines if "error" in line), lines[-1]).strip()[:300]
 
 
 def _jaxlib() -> str:
@@ -51,14 +68,14 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
           salt: bytes = b"") -> str:
     """Path of the compiled ``source``, compiling it into ``folder`` first where no build of this
     source, command and machine is there. ``salt``: more bytes that should start a new build."""
-    compiler = os.environ.get("CXX") or shutil.which("g++")
+    compiler = shlex.split(os.environ.get("CXX", "")) or ([shutil.which("g++")] if shutil.which("g++") else [])
     if not compiler:
         raise BuildError(f"no C++ compiler (g++ or $CXX) to build {os.path.basename(source)}")
     with open(source, "rb") as f:
         text = f.read()
     includes = [jax.ffi.include_dir(), *include]
-    key = hashlib.sha256(text + salt + f"{jax.__version__} {_jaxlib()} {compiler} {flags} {includes} {link} {_cpu()}"
-                         .encode())
+    key = hashlib.sha256(text + salt + f"{jax.__version__} {_jaxlib()} {compiler} {_version(compiler)} {flags} "
+                                       f"{includes} {link} {_cpu()}".encode())
     path = os.path.join(folder, f"{name}-{key.hexdigest()[:16]}.so")
     if os.path.exists(path):
         return path
@@ -68,15 +85,18 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
         os.close(fd)
     except OSError as e:
         raise BuildError(f"cache folder {folder} not writable: {e.strerror}") from None
-    command = [compiler, *flags, *(f"-I{d}" for d in includes), source, *link, "-o", tmp]
+    command = [*compiler, *flags, *(f"-I{d}" for d in includes), source, *link, "-o", tmp]
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except OSError as e:   # e.g. $CXX names no program
-        os.unlink(tmp)
-        raise BuildError(f"compiling {source} failed: {compiler}: {e.strerror}") from None
-    if done.returncode != 0:
-        os.unlink(tmp)
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BuildError(f"compiling {source} failed: {last[:300]}")
-    os.replace(tmp, path)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except OSError as e:   # e.g. $CXX names no program
+            raise BuildError(f"compiling {source} failed: {compiler[0]}: {e.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"compiling {source} failed: {compiler[0]} took over 600 s") from None
+        if done.returncode != 0:
+            raise BuildError(f"compiling {source} failed: {_first_error(done.stderr)}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
