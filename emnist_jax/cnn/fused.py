@@ -5,8 +5,10 @@ two backward (``fused_conv.cc``):
 - few input channels (conv1): a direct convolution computed a pooling window at a time; neither the
   full-size activation nor its gradient is written, the backward pass recomputes each window;
 - channels a multiple of 16 (conv2, conv3): Winograd F(2x2, 3x3), 2.25x fewer multiplies than the
-  direct form, with bias, LeakyReLU and the pool applied to each 2x2 output tile as it is made; the
-  backward pass is the gradient of the same algorithm.
+  direct form, with bias, LeakyReLU and the pool applied to each 2x2 output tile as it is made; what
+  the backward pass needs of the activation is kept as a byte per pooling window and channel (which
+  outputs are maxima, which pre-activations are >= 0), and the backward pass is the gradient of the
+  same algorithm.
 Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py). The kernels run
 on XLA's own intra-op threads. Needs only g++ (the extension is compiled on first use, about 10 s,
 into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
@@ -127,22 +129,23 @@ def _fwd(x, w, b, slope):
     _require()
     if _direct(x):
         p = jax.ffi.ffi_call("fused_direct_fwd", _pooled(x, w))(x, w, b, slope=np.float32(slope))
-        return p, (x, w, b, None, None)
-    y, p = jax.ffi.ffi_call("fused_wino_fwd", (_like(x, *x.shape[:3], w.shape[-1]), _pooled(x, w)))(
+        return p, (x, w, b, None)
+    pooled = _pooled(x, w)
+    p, mask = jax.ffi.ffi_call("fused_wino_fwd", (pooled, jax.ShapeDtypeStruct(pooled.shape, np.uint8)))(
         x, w, b, slope=np.float32(slope))
-    return p, (x, w, b, y, p)
+    return p, (x, w, b, mask)
 
 
 def _bwd(slope, residuals, dp):
-    x, w, b, y, p = residuals
+    x, w, b, mask = residuals
     slope = np.float32(slope)
-    if y is None:   # direct: dx in a call of its own, which XLA drops where only dw, db are used
+    if mask is None:   # direct: dx in a call of its own, which XLA drops where only dw, db are used
         dw, db = jax.ffi.ffi_call("fused_direct_bwd_w", (_like(x, *w.shape), _like(x, w.shape[-1])))(
             x, w, b, dp, slope=slope)
         dx = jax.ffi.ffi_call("fused_direct_bwd_x", _like(x, *x.shape))(x, w, b, dp, slope=slope)
         return dx, dw, db
     return jax.ffi.ffi_call("fused_wino_bwd", (_like(x, *x.shape), _like(x, *w.shape), _like(x, w.shape[-1])))(
-        x, w, y, p, dp, slope=slope)
+        x, w, mask, dp, slope=slope)
 
 
 conv3x3_block.defvjp(_fwd, _bwd)

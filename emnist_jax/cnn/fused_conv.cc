@@ -15,12 +15,12 @@
 // each tile is produced. The backward pass is the gradient of the same Winograd algorithm: the
 // pool/LeakyReLU gradient per tile, dW through the transposed transforms, dx as the forward
 // algorithm on the gradient with the kernel rotated by 180 degrees.
-//   fused_wino_fwd(x, w, b; slope)          -> (y, p)      y kept for the backward pass
+//   fused_wino_fwd(x, w, b; slope)          -> (p, mask)   mask: a byte per pooling window and channel
 //   fused_wino_infer(x, w, b; slope)        -> p
-//   fused_wino_bwd(x, w, y, p, dp; slope)   -> (dx, dw, db)
+//   fused_wino_bwd(x, w, mask, dp; slope)   -> (dx, dw, db)
 //
 // Tie rule of the pool's gradient, as JAX's for a max: a window's gradient is split evenly among its
-// maxima; LeakyReLU's slope is read off the output's sign (y >= 0 where x >= 0, slope > 0).
+// maxima; LeakyReLU's branch is the pre-activation's sign (x >= 0), as in JAX's leaky_relu.
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +44,9 @@ namespace {
 // 16 floats: one AVX-512 register where the machine has them (GCC splits it elsewhere).
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint8_t v16b __attribute__((vector_size(16), aligned(1)));
 
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
@@ -261,10 +264,16 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, fl
   }
 }
 
+// What the backward pass needs of a pooling window, one byte per channel: bit k (k = 2a + b) is set
+// where output (a, b) is one of the window's maxima, bit 4 + k where its pre-activation is >= 0.
+// A sixteenth of the full-size activation it replaces, which was written and read back through memory.
+constexpr int kPositive = 4;
+
 // Winograd correlation of x (N, H, W, C) with U; per 2x2 output tile: with `act`, + bias and
-// LeakyReLU; y gets the outputs (if not null), p their maximum (if not null).
+// LeakyReLU, p gets the window's maximum and `mask` (if not null) its byte above; without `act`, y
+// gets the outputs.
 void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope, bool act,
-                     const Geometry& g, int64_t C, int64_t O, float* y, float* p) {
+                     const Geometry& g, int64_t C, int64_t O, float* y, float* p, uint8_t* mask) {
   parts.Run([&](int part) {
     float* V = Sized(Scratch(kV), 16 * g.per_block * C);
     float* M = Sized(Scratch(kM), 16 * g.per_block * O);
@@ -288,19 +297,30 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
             out[a][0] = s[a][0] + s[a][1] + s[a][2];
             out[a][1] = s[a][1] - s[a][2] - s[a][3];
           }
-          const v16 bv = act ? load(bias + o) : v16{};
-          v16 best{};
-          bool first = true;
+          if (!act) {
+            for (int a = 0; a < 2; ++a)
+              for (int b = 0; b < 2; ++b)
+                if (2 * r + a < g.h && 2 * q + b < g.w)
+                  store(y + ((i * g.h + 2 * r + a) * g.w + 2 * q + b) * O + o, out[a][b]);
+            continue;
+          }
+          const v16 bv = load(bias + o);
+          v16 pre[2][2], ys[2][2], best = splat(-__builtin_inff());
           for (int a = 0; a < 2; ++a)
             for (int b = 0; b < 2; ++b) {
-              const int64_t row = 2 * r + a, col = 2 * q + b;
-              if (row >= g.h || col >= g.w) continue;
-              const v16 v = act ? leaky(out[a][b] + bv, slope) : out[a][b];
-              if (y) store(y + ((i * g.h + row) * g.w + col) * O + o, v);
-              best = first ? v : vmax(best, v);
-              first = false;
+              pre[a][b] = out[a][b] + bv;
+              // outside the image: -inf, never a maximum
+              ys[a][b] = 2 * r + a < g.h && 2 * q + b < g.w ? leaky(pre[a][b], slope) : splat(-__builtin_inff());
+              best = vmax(best, ys[a][b]);
             }
-          if (p) store(p + ((i * g.th + r) * g.tw + q) * O + o, best);
+          const int64_t at = ((i * g.th + r) * g.tw + q) * O + o;
+          store(p + at, best);
+          if (mask) {
+            v16i bits{};
+            for (int k = 0; k < 4; ++k)
+              bits |= ((ys[k / 2][k % 2] == best) & (1 << k)) | ((pre[k / 2][k % 2] >= 0) & (1 << (kPositive + k)));
+            *reinterpret_cast<v16b*>(mask + at) = __builtin_convertvector(bits, v16b);
+          }
         }
       }
     }
@@ -308,30 +328,24 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
 }
 
 // The gradient before the LeakyReLU of one pooling window (2x2 outputs at tile row r, column q of
-// image i), for channels o..o+15; positions outside the image are zero.
-inline void PoolLeakyGrad(const float* y, const float* p, const float* dp, const Geometry& g, int64_t O, int64_t i,
-                          int64_t r, int64_t q, int64_t o, float slope, v16 out[2][2]) {
+// image i) from its mask byte, for channels o..o+15: the window's gradient split evenly among its
+// maxima, times the slope where the pre-activation was negative; zero elsewhere.
+inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, int64_t O, int64_t i, int64_t r,
+                     int64_t q, int64_t o, float slope, v16 out[2][2]) {
   const int64_t at = ((i * g.th + r) * g.tw + q) * O + o;
-  const v16 m = load(p + at), grad = load(dp + at);
-  v16 ys[2][2], count{};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      const int64_t row = 2 * r + a, col = 2 * q + b;
-      const bool inside = row < g.h && col < g.w;
-      // outside: -inf never equals the maximum
-      ys[a][b] = inside ? load(y + ((i * g.h + row) * g.w + col) * O + o) : splat(-__builtin_inff());
-      count += ys[a][b] == m ? splat(1.f) : v16{};
-    }
-  const v16 share = grad / count;
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b)
-      out[a][b] = ys[a][b] == m ? share * (ys[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+  const v16i bits = __builtin_convertvector(*reinterpret_cast<const v16b*>(mask + at), v16i);
+  const v16i count = (bits & 1) + ((bits >> 1) & 1) + ((bits >> 2) & 1) + ((bits >> 3) & 1);
+  const v16 share = load(dp + at) / __builtin_convertvector(count, v16);
+  for (int k = 0; k < 4; ++k) {
+    const v16 scaled = ((bits >> (kPositive + k)) & 1) != 0 ? share : share * slope;
+    out[k / 2][k % 2] = ((bits >> k) & 1) != 0 ? scaled : v16{};
+  }
 }
 
 // One pass over the tiles: dpre (the gradient before the LeakyReLU, full size, for dx), and the
 // Winograd-domain weight gradient dU = sum over tiles of V^T (A dpre A^T), and db.
-void WinogradWeightGrad(const Parts& parts, const float* x, const float* y, const float* p, const float* dp,
-                        float slope, const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
+void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask, const float* dp, float slope,
+                        const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
   const int count = parts.count();
   const size_t per_part = 16 * C * O + O;
   float* partial = Sized(Scratch(kPartial), count * per_part);
@@ -352,7 +366,7 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const float* y, cons
         for (int64_t o = 0; o < O; o += 16) {
           v16 d[2][2] = {{v16{}, v16{}}, {v16{}, v16{}}};
           if (t < g.tiles) {
-            PoolLeakyGrad(y, p, dp, g, O, i, r, q, o, slope, d);
+            MaskGrad(mask, dp, g, O, i, r, q, o, slope, d);
             for (int a = 0; a < 2; ++a)
               for (int b = 0; b < 2; ++b)
                 if (2 * r + a < g.h && 2 * q + b < g.w)
@@ -592,8 +606,8 @@ bool Is(const T& buffer, const std::vector<int64_t>& shape) {
   return std::vector<int64_t>(d.begin(), d.end()) == shape;
 }
 
-// x (N, H, W, C) and w (3, 3, C, O) define the shapes; the slope must be positive (the backward pass
-// reads LeakyReLU's branch off the output's sign).
+// x (N, H, W, C) and w (3, 3, C, O) define the shapes; the slope must be positive (the study's
+// LeakyReLU; no other was tested).
 ffi::Error Check(const Buffer& x, const Buffer& w, float slope, bool winograd, Dims* d) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
@@ -654,15 +668,16 @@ ffi::Error DirectBwdX(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer
   });
 }
 
-ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result y, Result p) {
+ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p,
+                   ffi::ResultBuffer<ffi::U8> mask) {
   Dims d;
   if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
-  if (auto e = Shapes(Is(b, d.bias()) && Is(*y, d.image(d.o)) && Is(*p, d.pooled())); e.failure()) return e;
+  if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled()) && Is(*mask, d.pooled())); e.failure()) return e;
   return Guarded([&] {
     float* U = Sized(Scratch(kU), 16 * d.c * d.o);
     WeightTransform(w.typed_data(), d.c, d.o, false, U);
     WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
-                    d.o, y->typed_data(), p->typed_data());
+                    d.o, nullptr, p->typed_data(), mask->typed_data());
   });
 }
 
@@ -674,16 +689,16 @@ ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float s
     float* U = Sized(Scratch(kU), 16 * d.c * d.o);
     WeightTransform(w.typed_data(), d.c, d.o, false, U);
     WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
-                    d.o, nullptr, p->typed_data());
+                    d.o, nullptr, p->typed_data(), nullptr);
   });
 }
 
-ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p, Buffer dp, float slope, Result dx,
-                   Result dw, Result db) {
+ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, ffi::Buffer<ffi::U8> mask, Buffer dp, float slope,
+                   Result dx, Result dw, Result db) {
   Dims d;
   if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
-  if (auto e = Shapes(Is(y, d.image(d.o)) && Is(p, d.pooled()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c)) &&
-                      Is(*dw, d.kernel()) && Is(*db, d.bias()));
+  if (auto e = Shapes(Is(mask, d.pooled()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c)) && Is(*dw, d.kernel()) &&
+                      Is(*db, d.bias()));
       e.failure())
     return e;
   return Guarded([&] {
@@ -691,10 +706,10 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p,
     const Parts parts(&pool);
     float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
     float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-    WinogradWeightGrad(parts, x.typed_data(), y.typed_data(), p.typed_data(), dp.typed_data(), slope, g, d.c, d.o,
-                       dpre, dw->typed_data(), db->typed_data());
+    WinogradWeightGrad(parts, x.typed_data(), mask.typed_data(), dp.typed_data(), slope, g, d.c, d.o, dpre,
+                       dw->typed_data(), db->typed_data());
     WeightTransform(w.typed_data(), d.c, d.o, true, U);
-    WinogradForward(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr);
+    WinogradForward(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr, nullptr);
   });
 }
 
@@ -708,9 +723,10 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer y, Buffer p,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, BIND ARG ARG ARG SLOPE RET);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, BIND ARG ARG ARG ARG SLOPE RET RET);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, BIND ARG ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, BIND ARG ARG ARG SLOPE RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, BIND ARG ARG ARG SLOPE RET .Ret<ffi::Buffer<ffi::U8>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, BIND ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd, BIND ARG ARG ARG ARG ARG SLOPE RET RET RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd,
+                              BIND ARG ARG .Arg<ffi::Buffer<ffi::U8>>() ARG SLOPE RET RET RET);
 
 #undef ARG
 #undef RET
