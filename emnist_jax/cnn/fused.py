@@ -18,7 +18,6 @@ where installed, else to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 
@@ -51,19 +50,7 @@ def build(folder: str | None = None) -> str:
 @functools.lru_cache(maxsize=1)
 def _load() -> str | None:
     """Build, load and register once per process; None on success, else the reason."""
-    try:
-        path = build()
-    except FusedUnavailable as e:
-        return str(e)
-    except Exception as e:  # any surprise in building: fall back, never break training
-        return f"building the fused kernels failed: {type(e).__name__}: {e}"
-    try:
-        library = ctypes.CDLL(path)
-    except OSError as e:
-        return f"loading {path} failed: {e}"
-    for target, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    return None
+    return native.load(build, TARGETS, FusedUnavailable, "the fused kernels")
 
 
 def available() -> bool:

@@ -9,12 +9,14 @@ sees half a file. ``$EMNIST_JAX_NATIVE_CACHE`` moves the folder (default ``~/.ca
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
+from typing import Callable
 
 import jax
 
@@ -100,3 +102,21 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def load(build: Callable[[], str], targets: dict[str, str], unavailable: type[Exception], what: str) -> str | None:
+    """Build the extension, load it and register its FFI targets (CPU); None on success, else why
+    not in one line. ``unavailable``: the error ``build`` raises to say the extension cannot be had."""
+    try:
+        path = build()
+    except unavailable as e:
+        return str(e)
+    except Exception as e:  # any surprise in building: fall back, never break training
+        return f"building {what} failed: {type(e).__name__}: {e}"
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as e:
+        return f"loading {path} failed: {e}"
+    for target, symbol in targets.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return None

@@ -20,7 +20,6 @@ and returns only the pooled output.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import sys
@@ -75,19 +74,7 @@ def build(folder: str | None = None) -> str:
 @functools.lru_cache(maxsize=1)
 def _load() -> str | None:
     """Build, load and register once per process; None on success, else the reason."""
-    try:
-        path = build()
-    except OnednnUnavailable as e:
-        return str(e)
-    except Exception as e:  # any surprise in building: fall back, never break training
-        return f"building the oneDNN extension failed: {type(e).__name__}: {e}"
-    try:
-        library = ctypes.CDLL(path)
-    except OSError as e:
-        return f"loading {path} failed: {e}"
-    for target, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    return None
+    return native.load(build, TARGETS, OnednnUnavailable, "the oneDNN extension")
 
 
 def available() -> bool:
