@@ -120,8 +120,7 @@ EXTENSIONS = [pytest.param(onednn, marks=needs_onednn, id="onednn"), pytest.para
 
 @pytest.mark.parametrize("module", EXTENSIONS)
 @pytest.mark.parametrize("n, h, wd, c, o", [(4, 28, 28, 1, 32), (4, 14, 14, 32, 64), (3, 7, 7, 64, 128),
-                                            (2, 5, 5, 16, 16), (2, 9, 9, 3, 16), (2, 1, 7, 16, 16),
-                                            (2, 6, 3, 1, 32)])
+                                            (2, 1, 7, 16, 16), (2, 6, 3, 3, 32)])
 def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, o):
     """The network's three blocks (convolution, bias, LeakyReLU, max-pool), and odd, one-pixel and
     non-square sides with other channel counts: output and all three gradients, with ties in the
