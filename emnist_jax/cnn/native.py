@@ -70,7 +70,7 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
           salt: bytes = b"") -> str:
     """Path of the compiled ``source``, compiling it into ``folder`` first where no build of this
     source, command and machine is there. ``salt``: more bytes that should start a new build."""
-    compiler = shlex.split(os.environ.get("CXX", "")) or ([shutil.which("g++")] if shutil.which("g++") else [])
+    compiler = shlex.split(os.environ.get("CXX", "")) or [c for c in [shutil.which("g++")] if c]
     if not compiler:
         raise BuildError(f"no C++ compiler (g++ or $CXX) to build {os.path.basename(source)}")
     with open(source, "rb") as f:
