@@ -134,11 +134,17 @@ def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, 
         return max_pool_same(jnp.where(conv3x3_xla(x, w) + b >= 0, conv3x3_xla(x, w) + b,
                                        0.1 * (conv3x3_xla(x, w) + b)))
 
-    y_ref, vjp_ref = jax.vjp(plain, x, w, b)
-    y, vjp = jax.vjp(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1), x, w, b)
+    def output_and_gradients(block):   # jitted whole: one compile instead of an op-by-op trace
+        def both(x, w, b, dy):
+            y, vjp = jax.vjp(block, x, w, b)
+            return y, vjp(dy)
+        return jax.jit(both)(x, w, b, dy)
+
+    y_ref, grads_ref = output_and_gradients(plain)
+    y, grads = output_and_gradients(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1))
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, atol=1e-5 * np.abs(y_ref).max())
-    for ours, ref in zip(vjp(dy), vjp_ref(dy)):
+    for ours, ref in zip(grads, grads_ref):
         np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 
 
@@ -222,6 +228,6 @@ def test_a_fused_model_takes_the_slices_form_for_shapes_the_kernels_do_not_take(
     from emnist_jax.cnn.model import Conv3x3
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32))
-    params = Conv3x3(8, impl="slices").init(jax.random.key(0), x)       # 8 output channels: no kernel for it
-    ours = Conv3x3(8, impl="fused").apply(params, x)
-    np.testing.assert_array_equal(ours, Conv3x3(8, impl="slices").apply(params, x))
+    params = jax.jit(Conv3x3(8, impl="slices").init)(jax.random.key(0), x)   # 8 output channels: no kernel for it
+    ours = jax.jit(Conv3x3(8, impl="fused").apply)(params, x)
+    np.testing.assert_array_equal(ours, jax.jit(Conv3x3(8, impl="slices").apply)(params, x))
