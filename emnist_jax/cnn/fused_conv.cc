@@ -1,6 +1,7 @@
 // The study's convolution blocks, max_pool_same(leaky_relu(conv3x3_same(x, w) + b)), as hand-written
-// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads; no library. Built with g++ on first use by
-// emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC activations, HWIO weights.
+// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads; no library. Built with g++ on
+// first use by emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC
+// activations, HWIO weights.
 //
 // conv1 (few input channels: "direct"): the block is computed a pooling window at a time (a 4x4 input
 // patch, 2x2 outputs, their maximum), so neither the full-size activation nor its gradient is ever
@@ -138,7 +139,8 @@ class Parts {
 
 // ---- a small matrix product: C (+)= A B, B row-major with 16*NV columns per panel ----------------
 // Layout and accumulation are template arguments: with them known, the inner loop is only loads,
-// broadcasts and FMAs (~165 GFLOP/s per core here, against ~125 with them read at run time).
+// broadcasts and FMAs (~165 GFLOP/s per core alone on the 2-core development machine, against ~125
+// with them read at run time; measured with a throwaway C++ timing harness).
 
 // MR x 16*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed
 template <int MR, int NV, bool kTransposed, bool kAccumulate>
@@ -183,14 +185,15 @@ void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, in
 // ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------
 
 // Output tiles per block: the block's transforms stay in the L2 cache (72, 108 or 144 measured no
-// faster, for the weight gradient's products either, whose accumulators a longer block loads less often).
+// faster with a throwaway C++ timing harness on the 2-core development machine, for the weight
+// gradient's products either, whose accumulators a longer block loads less often).
 constexpr int64_t kTiles = 36;
 
 struct Geometry {
-  int64_t n, h, w, th, tw, tiles, per_block, blocks;
+  int64_t n, h, w, th, tw, tiles, blocks;
   Geometry(int64_t n_, int64_t h_, int64_t w_)
-      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw), per_block(kTiles),
-        blocks((tiles + per_block - 1) / per_block) {}
+      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw),
+        blocks((tiles + kTiles - 1) / kTiles) {}
   // image, tile row, tile column of tile t
   void where(int64_t t, int64_t* i, int64_t* r, int64_t* q) const {
     *i = t / (th * tw);
@@ -230,10 +233,10 @@ void WeightTransform(const float* w, int64_t C, int64_t O, bool rotate, float* U
     }
 }
 
-// V[16][g.per_block][C] = B^T d B of the 4x4 input tiles of the block from tile `t0` (zero outside the image and
-// past the last tile)
+// V[16][kTiles][C] = B^T d B of the 4x4 input tiles of the block from tile `t0` (zero outside the
+// image and past the last tile)
 void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, float* V) {
-  for (int64_t k = 0; k < g.per_block; ++k) {
+  for (int64_t k = 0; k < kTiles; ++k) {
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
     if (t < g.tiles) g.where(t, &i, &r, &q);
@@ -252,7 +255,7 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, fl
         s[2][b] = d[2][b] - d[1][b];
         s[3][b] = d[1][b] - d[3][b];
       }
-      const int64_t plane = g.per_block * C;
+      const int64_t plane = kTiles * C;
       for (int a = 0; a < 4; ++a) {
         float* out = V + 4 * a * plane + k * C + c;
         store(out, s[a][0] - s[a][2]);
@@ -275,20 +278,20 @@ constexpr int kPositive = 4;
 void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope, bool act,
                      const Geometry& g, int64_t C, int64_t O, float* y, float* p, uint8_t* mask) {
   parts.Run([&](int part) {
-    float* V = Sized(Scratch(kV), 16 * g.per_block * C);
-    float* M = Sized(Scratch(kM), 16 * g.per_block * O);
+    float* V = Sized(Scratch(kV), 16 * kTiles * C);
+    float* M = Sized(Scratch(kM), 16 * kTiles * O);
     const auto [first, last] = parts.Range(g.blocks, part);
     for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * g.per_block;
+      const int64_t t0 = block * kTiles;
       InputTransform(x, g, C, t0, V);
       for (int e = 0; e < 16; ++e)
-        Gemm<false, false>(V + e * g.per_block * C, C, U + e * C * O, O, M + e * g.per_block * O, O, g.per_block, O, C);
-      for (int64_t k = 0; k < g.per_block && t0 + k < g.tiles; ++k) {
+        Gemm<false, false>(V + e * kTiles * C, C, U + e * C * O, O, M + e * kTiles * O, O, kTiles, O, C);
+      for (int64_t k = 0; k < kTiles && t0 + k < g.tiles; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
         for (int64_t o = 0; o < O; o += 16) {
           v16 m[4][4], s[2][4], out[2][2];
-          for (int e = 0; e < 16; ++e) m[e / 4][e % 4] = load(M + e * g.per_block * O + k * O + o);
+          for (int e = 0; e < 16; ++e) m[e / 4][e % 4] = load(M + e * kTiles * O + k * O + o);
           for (int b = 0; b < 4; ++b) {
             s[0][b] = m[0][b] + m[1][b] + m[2][b];
             s[1][b] = m[1][b] - m[2][b] - m[3][b];
@@ -353,13 +356,13 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
   parts.Run([&](int part) {
     float* myU = partial + part * per_part;
     float* myB = myU + 16 * C * O;
-    float* V = Sized(Scratch(kV), 16 * g.per_block * C);
-    float* Z = Sized(Scratch(kM), 16 * g.per_block * O);
+    float* V = Sized(Scratch(kV), 16 * kTiles * C);
+    float* Z = Sized(Scratch(kM), 16 * kTiles * O);
     const auto [first, last] = parts.Range(g.blocks, part);
     for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * g.per_block;
+      const int64_t t0 = block * kTiles;
       InputTransform(x, g, C, t0, V);
-      for (int64_t k = 0; k < g.per_block; ++k) {
+      for (int64_t k = 0; k < kTiles; ++k) {
         const int64_t t = t0 + k;
         int64_t i = 0, r = 0, q = 0;
         if (t < g.tiles) g.where(t, &i, &r, &q);
@@ -381,7 +384,7 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
             s[2][b] = d[0][b] - d[1][b];
             s[3][b] = -d[1][b];
           }
-          const int64_t plane = g.per_block * O;
+          const int64_t plane = kTiles * O;
           for (int a = 0; a < 4; ++a) {
             float* out = Z + 4 * a * plane + k * O + o;
             store(out, s[a][0]);
@@ -392,7 +395,7 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
         }
       }
       for (int e = 0; e < 16; ++e)
-        Gemm<true, true>(V + e * g.per_block * C, C, Z + e * g.per_block * O, O, myU + e * C * O, O, C, O, g.per_block);
+        Gemm<true, true>(V + e * kTiles * C, C, Z + e * kTiles * O, O, myU + e * C * O, O, C, O, kTiles);
     }
   });
   // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time
