@@ -118,18 +118,25 @@ def test_turned_off_the_cpu_default_is_the_xla_fallback():
 EXTENSIONS = [pytest.param(onednn, marks=needs_onednn, id="onednn"), pytest.param(fused, marks=needs_fused, id="fused")]
 
 
-@pytest.mark.parametrize("module", EXTENSIONS)
-@pytest.mark.parametrize("n, h, wd, c, o", [(4, 28, 28, 1, 32), (4, 14, 14, 32, 64), (3, 7, 7, 64, 128),
-                                            (2, 1, 7, 16, 16), (2, 6, 3, 3, 32)])
-def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, o):
-    """The network's three blocks (convolution, bias, LeakyReLU, max-pool), and odd, one-pixel and
-    non-square sides with other channel counts: output and all three gradients, with ties in the
-    pooling windows (a zero image border, as in EMNIST's pictures)."""
+def flat_rows(h: int) -> int:
+    """Rows of zeros at the top of a test image: 4k + 1 of them, so that an output whose 3x3
+    neighbourhood is all zeros also has a Winograd tile of zeros (F(2x2) and F(4x4) tiles span 4 and
+    6 rows from a row 2t - 1 or 4t - 1), is computed exactly and ties exactly with its window."""
+    return max(0, 4 * ((h - 3) // 4) + 1) if h >= 5 else 0
+
+
+def block_case(n, h, wd, c, o):
+    """x, w, b and the output gradient of a block test, with ties in the pooling windows (a zero image
+    border, as in EMNIST's pictures)."""
     rng = np.random.default_rng(h * 31 + wd)
     x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((n, h, wd, c), (3, 3, c, o), (o,)))
-    x[:, : h // 2] = 0.0                          # flat regions: equal maxima in many windows
+    x[:, : flat_rows(h)] = 0.0                  # flat regions: equal maxima in many windows
     dy = rng.normal(size=(n, -(-h // 2), -(-wd // 2), o)).astype(np.float32)
+    return x, w, b, dy
 
+
+def assert_block_matches_xla(block, x, w, b, dy):
+    """Output and all three gradients of ``block`` against the plain XLA form, to 1e-5 of each one's scale."""
     def plain(x, w, b):
         return max_pool_same(jnp.where(conv3x3_xla(x, w) + b >= 0, conv3x3_xla(x, w) + b,
                                        0.1 * (conv3x3_xla(x, w) + b)))
@@ -141,11 +148,35 @@ def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, 
         return jax.jit(both)(x, w, b, dy)
 
     y_ref, grads_ref = output_and_gradients(plain)
-    y, grads = output_and_gradients(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1))
+    y, grads = output_and_gradients(block)
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, atol=1e-5 * np.abs(y_ref).max())
     for ours, ref in zip(grads, grads_ref):
         np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("module", EXTENSIONS)
+@pytest.mark.parametrize("n, h, wd, c, o", [(4, 28, 28, 1, 32), (4, 14, 14, 32, 64), (3, 7, 7, 64, 128),
+                                            (2, 1, 7, 16, 16), (2, 6, 3, 3, 32)])
+def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, o):
+    """The network's three blocks (convolution, bias, LeakyReLU, max-pool), and odd, one-pixel and
+    non-square sides with other channel counts: output and all three gradients, with tied maxima."""
+    assert_block_matches_xla(lambda x, w, b: module.conv3x3_block(x, w, b, 0.1), *block_case(n, h, wd, c, o))
+
+
+@needs_fused
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("n, h, wd, c, o", [(2, 14, 14, 32, 64), (2, 7, 7, 64, 128), (3, 9, 5, 16, 32)])
+def test_both_winograd_tiles_match_xla(tile, n, h, wd, c, o):
+    """F(2x2, 3x3) and F(4x4, 3x3), each on shapes the other would be chosen for, and sides that are
+    not multiples of the tile."""
+    assert_block_matches_xla(lambda x, w, b: fused.conv3x3_block(x, w, b, 0.1, tile), *block_case(n, h, wd, c, o))
+
+
+def test_the_winograd_tile_is_the_one_with_fewer_elements():
+    assert fused.winograd_tile(7, 7) == 4          # conv3: 4 tiles x 36 against 16 x 16
+    assert fused.winograd_tile(14, 14) == 2        # conv2: 16 x 36 is 0.73 of 49 x 16, not enough
+    assert fused.winograd_tile(1, 7) == 2
 
 
 @pytest.mark.parametrize("module", EXTENSIONS)
@@ -200,10 +231,11 @@ def test_every_convolution_trains_the_same_network(conv_impl, grad_chunk, batche
 
 
 @needs_fused
-def test_fused_gradients_are_the_same_numbers_every_run():
+@pytest.mark.parametrize("h, c, o", [(14, 32, 64), (7, 64, 128)])
+def test_fused_gradients_are_the_same_numbers_every_run(h, c, o):
     rng = np.random.default_rng(5)
-    x, w, b = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in ((64, 14, 14, 32), (3, 3, 32, 64), (64,)))
-    dy = jnp.asarray(rng.normal(size=(64, 7, 7, 64)).astype(np.float32))
+    x, w, b = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in ((64, h, h, c), (3, 3, c, o), (o,)))
+    dy = jnp.asarray(rng.normal(size=(64, -(-h // 2), -(-h // 2), o)).astype(np.float32))
     grads = jax.jit(lambda x, w, b, dy: jax.vjp(lambda *a: fused.conv3x3_block(*a, 0.1), x, w, b)[1](dy))
     first, second = grads(x, w, b, dy), grads(x, w, b, dy)
     for a, c in zip(first, second):
@@ -221,6 +253,8 @@ def test_fused_refuses_what_it_cannot_compute_in_python_terms():
         fused.conv3x3_block(x, w, jnp.zeros(8))
     with pytest.raises(ValueError, match="float32 only"):
         fused.conv3x3_block(x.astype(jnp.bfloat16), w, b)
+    with pytest.raises(ValueError, match="tile must be 2 or 4"):
+        fused.conv3x3_block(x, w, b, 0.1, 3)
 
 
 @needs_fused

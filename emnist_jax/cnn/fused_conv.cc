@@ -182,18 +182,100 @@ void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, in
   for (; n + 16 <= N; n += 16) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
 }
 
-// ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------
+// ---- Winograd F(m x m, 3 x 3) -------------------------------------------------------------------
+// An (m + 2) x (m + 2) input tile d becomes an m x m output tile through (m + 2)^2 matrix products over
+// the channels: Y = A^T [(G g G^T) . (B^T d B)] A (Lavin and Gray, 2015). m = 2 (16 products, 2.25x
+// fewer multiplies than the direct form) or m = 4 (36 products, 4x fewer; its transforms have larger
+// coefficients, so its float error is ~10x F(2x2)'s: about 1e-6 of the output's scale). Each output
+// tile is a whole number of pooling windows, so bias, LeakyReLU and the pool are applied as it is made.
 
-// Output tiles per block: the block's transforms stay in the L2 cache (72, 108 or 144 measured no
-// faster with a throwaway C++ timing harness on the 2-core development machine, for the weight
-// gradient's products either, whose accumulators a longer block loads less often).
-constexpr int64_t kTiles = 36;
+template <int m>
+struct Tile;
+
+template <>
+struct Tile<2> {
+  static constexpr int a = 4;  // input tile side
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  // Output tiles per block: the block's transforms stay in the L2 cache (72, 108 or 144 measured no
+  // faster with a throwaway C++ timing harness on the 2-core development machine).
+  static constexpr int64_t block = 36;
+};
+
+template <>
+struct Tile<4> {
+  static constexpr int a = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float G[6][3] = {{1.f / 4, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6},
+                                    {1.f / 24, -1.f / 12, 1.f / 6},
+                                    {0, 0, 1}};
+  static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+  static constexpr int64_t block = 16;
+};
+
+template <int R, int C>
+struct Matrix {
+  float at[R][C];
+};
+
+template <int R, int C>
+constexpr Matrix<C, R> Transposed(const float (&M)[R][C]) {
+  Matrix<C, R> t{};
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < C; ++j) t.at[j][i] = M[i][j];
+  return t;
+}
+
+// sum over p of c[p] * v[p * stride], the zero coefficients skipped (the loops are unrolled, so the
+// coefficients are constants and a transform is only its few adds and multiplies)
+template <int P>
+inline v16 Combine(const float (&c)[P], const v16* v, int stride) {
+  v16 sum{};
+  bool first = true;
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    if (c[p] == 0) continue;
+    const v16 term = c[p] == 1 ? v[p * stride] : c[p] == -1 ? -v[p * stride] : c[p] * v[p * stride];
+    sum = first ? term : sum + term;
+    first = false;
+  }
+  return sum;
+}
+
+// out = L in R^T: L (R1 x P), in (P x Q), R (R2 x Q)
+template <int R1, int P, int R2, int Q>
+inline void Sandwich(const float (&L)[R1][P], const v16 (&in)[P][Q], const float (&R)[R2][Q], v16 (&out)[R1][R2]) {
+  v16 t[R1][Q];
+#pragma GCC unroll 8
+  for (int i = 0; i < R1; ++i)
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) t[i][q] = Combine(L[i], &in[0][q], Q);
+#pragma GCC unroll 8
+  for (int i = 0; i < R1; ++i)
+#pragma GCC unroll 8
+    for (int k = 0; k < R2; ++k) out[i][k] = Combine(R[k], &t[i][0], 1);
+}
+
+template <int m>
+struct Winograd {
+  using T = Tile<m>;
+  static constexpr int a = T::a, E = a * a;  // E: elements of a transformed tile
+  static constexpr int64_t kBlock = T::block;
+  static constexpr Matrix<a, m> A = Transposed(T::AT);
+  static constexpr Matrix<3, a> GT = Transposed(T::G);
+};
 
 struct Geometry {
-  int64_t n, h, w, th, tw, tiles, blocks;
-  Geometry(int64_t n_, int64_t h_, int64_t w_)
-      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw),
-        blocks((tiles + kTiles - 1) / kTiles) {}
+  int64_t n, h, w, m, th, tw, tiles, ph, pw;  // th x tw output tiles per image; ph x pw pooling windows
+  Geometry(int64_t n_, int64_t h_, int64_t w_, int64_t m_)
+      : n(n_), h(h_), w(w_), m(m_), th((h_ + m_ - 1) / m_), tw((w_ + m_ - 1) / m_), tiles(n_ * th * tw),
+        ph((h_ + 1) / 2), pw((w_ + 1) / 2) {}
+  int64_t blocks(int64_t per_block) const { return (tiles + per_block - 1) / per_block; }
   // image, tile row, tile column of tile t
   void where(int64_t t, int64_t* i, int64_t* r, int64_t* q) const {
     *i = t / (th * tw);
@@ -202,67 +284,58 @@ struct Geometry {
   }
 };
 
-// U[16][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), 16 output channels at a time; with
+// U[E][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), 16 output channels at a time; with
 // rotate, of w turned by 180 degrees with its channel axes swapped (the kernel of the input
-// gradient), so U is [16][O][C]. C and O multiples of 16.
-void WeightTransform(const float* w, int64_t C, int64_t O, bool rotate, float* U) {
+// gradient), so U is [E][O][C]. C and O multiples of 16. In parallel: run once per call on the
+// calling thread it cost as much as a block's matrix products (F(4x4) on conv3).
+template <int m>
+void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, bool rotate, float* U) {
   if (rotate) {
     float* turned = Sized(Scratch(kTurned), 9 * C * O);
-    for (int k = 0; k < 9; ++k)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t o = 0; o < O; ++o) turned[(k * O + o) * C + c] = w[((8 - k) * C + c) * O + o];
-    return WeightTransform(turned, O, C, false, U);
+    parts.Run([&](int part) {
+      const auto [first, last] = parts.Range(O, part);
+      for (int k = 0; k < 9; ++k)
+        for (int64_t o = first; o < last; ++o)
+          for (int64_t c = 0; c < C; ++c) turned[(k * O + o) * C + c] = w[((8 - k) * C + c) * O + o];
+    });
+    return WeightTransform<m>(parts, turned, O, C, false, U);
   }
-  const v16 half = splat(0.5f);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t o = 0; o < O; o += 16) {
-      v16 g[3][3], t[4][3];
-      for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) g[a][b] = load(w + ((a * 3 + b) * C + c) * O + o);
-      for (int b = 0; b < 3; ++b) {
-        t[0][b] = g[0][b];
-        t[1][b] = half * (g[0][b] + g[1][b] + g[2][b]);
-        t[2][b] = half * (g[0][b] - g[1][b] + g[2][b]);
-        t[3][b] = g[2][b];
+  using W = Winograd<m>;
+  parts.Run([&](int part) {
+    const auto [first, last] = parts.Range(C, part);
+    for (int64_t c = first; c < last; ++c)
+      for (int64_t o = 0; o < O; o += 16) {
+        v16 g[3][3], u[W::a][W::a];
+        #pragma GCC unroll 36
+        for (int k = 0; k < 9; ++k) g[k / 3][k % 3] = load(w + (k * C + c) * O + o);
+        Sandwich(Tile<m>::G, g, Tile<m>::G, u);
+        #pragma GCC unroll 36
+        for (int e = 0; e < W::E; ++e) store(U + (e * C + c) * O + o, u[e / W::a][e % W::a]);
       }
-      for (int a = 0; a < 4; ++a) {
-        const v16 u[4] = {t[a][0], half * (t[a][0] + t[a][1] + t[a][2]), half * (t[a][0] - t[a][1] + t[a][2]),
-                          t[a][2]};
-        for (int b = 0; b < 4; ++b) store(U + ((a * 4 + b) * C + c) * O + o, u[b]);
-      }
-    }
+  });
 }
 
-// V[16][kTiles][C] = B^T d B of the 4x4 input tiles of the block from tile `t0` (zero outside the
-// image and past the last tile)
+// V[E][kBlock][C] = B^T d B of the input tiles of the block from tile `t0` (zero outside the image
+// and past the last tile)
+template <int m>
 void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, float* V) {
-  for (int64_t k = 0; k < kTiles; ++k) {
+  using W = Winograd<m>;
+  const int64_t plane = W::kBlock * C;
+  for (int64_t k = 0; k < W::kBlock; ++k) {
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
     if (t < g.tiles) g.where(t, &i, &r, &q);
     for (int64_t c = 0; c < C; c += 16) {
-      v16 d[4][4];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
-          const int64_t row = 2 * r - 1 + a, col = 2 * q - 1 + b;
-          const bool inside = t < g.tiles && row >= 0 && row < g.h && col >= 0 && col < g.w;
-          d[a][b] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : v16{};
-        }
-      v16 s[4][4];
-      for (int b = 0; b < 4; ++b) {
-        s[0][b] = d[0][b] - d[2][b];
-        s[1][b] = d[1][b] + d[2][b];
-        s[2][b] = d[2][b] - d[1][b];
-        s[3][b] = d[1][b] - d[3][b];
+      v16 d[W::a][W::a], v[W::a][W::a];
+      #pragma GCC unroll 36
+      for (int e = 0; e < W::E; ++e) {
+        const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
+        const bool inside = t < g.tiles && row >= 0 && row < g.h && col >= 0 && col < g.w;
+        d[e / W::a][e % W::a] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : v16{};
       }
-      const int64_t plane = kTiles * C;
-      for (int a = 0; a < 4; ++a) {
-        float* out = V + 4 * a * plane + k * C + c;
-        store(out, s[a][0] - s[a][2]);
-        store(out + plane, s[a][1] + s[a][2]);
-        store(out + 2 * plane, s[a][2] - s[a][1]);
-        store(out + 3 * plane, s[a][1] - s[a][3]);
-      }
+      Sandwich(Tile<m>::BT, d, Tile<m>::BT, v);
+      #pragma GCC unroll 36
+      for (int e = 0; e < W::E; ++e) store(V + e * plane + k * C + c, v[e / W::a][e % W::a]);
     }
   }
 }
@@ -272,73 +345,84 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, fl
 // A sixteenth of the full-size activation it replaces, which was written and read back through memory.
 constexpr int kPositive = 4;
 
-// Winograd correlation of x (N, H, W, C) with U; per 2x2 output tile: with `act`, + bias and
-// LeakyReLU, p gets the window's maximum and `mask` (if not null) its byte above; without `act`, y
+// Winograd correlation of x (N, H, W, C) with U; per output tile: with `act`, + bias and LeakyReLU,
+// p gets each pooling window's maximum and `mask` (if not null) its byte above; without `act`, y
 // gets the outputs.
+template <int m>
 void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope, bool act,
                      const Geometry& g, int64_t C, int64_t O, float* y, float* p, uint8_t* mask) {
+  using W = Winograd<m>;
+  const float minus_inf = -__builtin_inff();
   parts.Run([&](int part) {
-    float* V = Sized(Scratch(kV), 16 * kTiles * C);
-    float* M = Sized(Scratch(kM), 16 * kTiles * O);
-    const auto [first, last] = parts.Range(g.blocks, part);
+    float* V = Sized(Scratch(kV), W::E * W::kBlock * C);
+    float* M = Sized(Scratch(kM), W::E * W::kBlock * O);
+    const auto [first, last] = parts.Range(g.blocks(W::kBlock), part);
     for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * kTiles;
-      InputTransform(x, g, C, t0, V);
-      for (int e = 0; e < 16; ++e)
-        Gemm<false, false>(V + e * kTiles * C, C, U + e * C * O, O, M + e * kTiles * O, O, kTiles, O, C);
-      for (int64_t k = 0; k < kTiles && t0 + k < g.tiles; ++k) {
+      const int64_t t0 = block * W::kBlock;
+      InputTransform<m>(x, g, C, t0, V);
+      for (int e = 0; e < W::E; ++e)
+        Gemm<false, false>(V + e * W::kBlock * C, C, U + e * C * O, O, M + e * W::kBlock * O, O, W::kBlock, O, C);
+      for (int64_t k = 0; k < W::kBlock && t0 + k < g.tiles; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
         for (int64_t o = 0; o < O; o += 16) {
-          v16 m[4][4], s[2][4], out[2][2];
-          for (int e = 0; e < 16; ++e) m[e / 4][e % 4] = load(M + e * kTiles * O + k * O + o);
-          for (int b = 0; b < 4; ++b) {
-            s[0][b] = m[0][b] + m[1][b] + m[2][b];
-            s[1][b] = m[1][b] - m[2][b] - m[3][b];
-          }
-          for (int a = 0; a < 2; ++a) {
-            out[a][0] = s[a][0] + s[a][1] + s[a][2];
-            out[a][1] = s[a][1] - s[a][2] - s[a][3];
-          }
+          v16 mv[W::a][W::a], out[m][m];
+          #pragma GCC unroll 36
+          for (int e = 0; e < W::E; ++e) mv[e / W::a][e % W::a] = load(M + (e * W::kBlock + k) * O + o);
+          Sandwich(Tile<m>::AT, mv, Tile<m>::AT, out);
           if (!act) {
-            for (int a = 0; a < 2; ++a)
-              for (int b = 0; b < 2; ++b)
-                if (2 * r + a < g.h && 2 * q + b < g.w)
-                  store(y + ((i * g.h + 2 * r + a) * g.w + 2 * q + b) * O + o, out[a][b]);
+            #pragma GCC unroll 36
+            for (int u = 0; u < m; ++u)
+              #pragma GCC unroll 36
+              for (int v = 0; v < m; ++v)
+                if (m * r + u < g.h && m * q + v < g.w)
+                  store(y + ((i * g.h + m * r + u) * g.w + m * q + v) * O + o, out[u][v]);
             continue;
           }
           const v16 bv = load(bias + o);
-          v16 pre[2][2], ys[2][2], best = splat(-__builtin_inff());
-          for (int a = 0; a < 2; ++a)
-            for (int b = 0; b < 2; ++b) {
-              pre[a][b] = out[a][b] + bv;
-              // outside the image: -inf, never a maximum
-              ys[a][b] = 2 * r + a < g.h && 2 * q + b < g.w ? leaky(pre[a][b], slope) : splat(-__builtin_inff());
-              best = vmax(best, ys[a][b]);
+          #pragma GCC unroll 36
+          for (int wr = 0; wr < m / 2; ++wr)
+            #pragma GCC unroll 36
+            for (int wc = 0; wc < m / 2; ++wc) {
+              const int64_t pr = (m / 2) * r + wr, pc = (m / 2) * q + wc;  // the pooling window
+              if (pr >= g.ph || pc >= g.pw) continue;
+              v16 pre[2][2], ys[2][2], best = splat(minus_inf);
+              #pragma GCC unroll 36
+              for (int u = 0; u < 2; ++u)
+                #pragma GCC unroll 36
+                for (int v = 0; v < 2; ++v) {
+                  pre[u][v] = out[2 * wr + u][2 * wc + v] + bv;
+                  // outside the image: -inf, never a maximum
+                  ys[u][v] = 2 * pr + u < g.h && 2 * pc + v < g.w ? leaky(pre[u][v], slope) : splat(minus_inf);
+                  best = vmax(best, ys[u][v]);
+                }
+              const int64_t at = ((i * g.ph + pr) * g.pw + pc) * O + o;
+              store(p + at, best);
+              if (mask) {
+                v16i bits{};
+                #pragma GCC unroll 36
+                for (int b = 0; b < 4; ++b)
+                  bits |= ((ys[b / 2][b % 2] == best) & (1 << b)) |
+                          ((pre[b / 2][b % 2] >= 0) & (1 << (kPositive + b)));
+                *reinterpret_cast<v16b*>(mask + at) = __builtin_convertvector(bits, v16b);
+              }
             }
-          const int64_t at = ((i * g.th + r) * g.tw + q) * O + o;
-          store(p + at, best);
-          if (mask) {
-            v16i bits{};
-            for (int k = 0; k < 4; ++k)
-              bits |= ((ys[k / 2][k % 2] == best) & (1 << k)) | ((pre[k / 2][k % 2] >= 0) & (1 << (kPositive + k)));
-            *reinterpret_cast<v16b*>(mask + at) = __builtin_convertvector(bits, v16b);
-          }
         }
       }
     }
   });
 }
 
-// The gradient before the LeakyReLU of one pooling window (2x2 outputs at tile row r, column q of
-// image i) from its mask byte, for channels o..o+15: the window's gradient split evenly among its
-// maxima, times the slope where the pre-activation was negative; zero elsewhere.
-inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, int64_t O, int64_t i, int64_t r,
-                     int64_t q, int64_t o, float slope, v16 out[2][2]) {
-  const int64_t at = ((i * g.th + r) * g.tw + q) * O + o;
+// The gradient before the LeakyReLU of pooling window (pr, pc) of image i from its mask byte, for
+// channels o..o+15: the window's gradient split evenly among its maxima, times the slope where the
+// pre-activation was negative; zero elsewhere.
+inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, int64_t O, int64_t i, int64_t pr,
+                     int64_t pc, int64_t o, float slope, v16 out[2][2]) {
+  const int64_t at = ((i * g.ph + pr) * g.pw + pc) * O + o;
   const v16i bits = __builtin_convertvector(*reinterpret_cast<const v16b*>(mask + at), v16i);
   const v16i count = (bits & 1) + ((bits >> 1) & 1) + ((bits >> 2) & 1) + ((bits >> 3) & 1);
   const v16 share = load(dp + at) / __builtin_convertvector(count, v16);
+  #pragma GCC unroll 36
   for (int k = 0; k < 4; ++k) {
     const v16 scaled = ((bits >> (kPositive + k)) & 1) != 0 ? share : share * slope;
     out[k / 2][k % 2] = ((bits >> k) & 1) != 0 ? scaled : v16{};
@@ -347,81 +431,83 @@ inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, in
 
 // One pass over the tiles: dpre (the gradient before the LeakyReLU, full size, for dx), and the
 // Winograd-domain weight gradient dU = sum over tiles of V^T (A dpre A^T), and db.
+template <int m>
 void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask, const float* dp, float slope,
                         const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
+  using W = Winograd<m>;
   const int count = parts.count();
-  const size_t per_part = 16 * C * O + O;
+  const size_t per_part = W::E * C * O + O;
   float* partial = Sized(Scratch(kPartial), count * per_part);
-  std::fill(partial, partial + count * per_part, 0.f);
   parts.Run([&](int part) {
     float* myU = partial + part * per_part;
-    float* myB = myU + 16 * C * O;
-    float* V = Sized(Scratch(kV), 16 * kTiles * C);
-    float* Z = Sized(Scratch(kM), 16 * kTiles * O);
-    const auto [first, last] = parts.Range(g.blocks, part);
+    float* myB = myU + W::E * C * O;
+    std::fill(myU, myU + per_part, 0.f);
+    float* V = Sized(Scratch(kV), W::E * W::kBlock * C);
+    float* Z = Sized(Scratch(kM), W::E * W::kBlock * O);
+    const auto [first, last] = parts.Range(g.blocks(W::kBlock), part);
     for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * kTiles;
-      InputTransform(x, g, C, t0, V);
-      for (int64_t k = 0; k < kTiles; ++k) {
+      const int64_t t0 = block * W::kBlock;
+      InputTransform<m>(x, g, C, t0, V);
+      for (int64_t k = 0; k < W::kBlock; ++k) {
         const int64_t t = t0 + k;
         int64_t i = 0, r = 0, q = 0;
         if (t < g.tiles) g.where(t, &i, &r, &q);
         for (int64_t o = 0; o < O; o += 16) {
-          v16 d[2][2] = {{v16{}, v16{}}, {v16{}, v16{}}};
+          v16 d[m][m] = {};
           if (t < g.tiles) {
-            MaskGrad(mask, dp, g, O, i, r, q, o, slope, d);
-            for (int a = 0; a < 2; ++a)
-              for (int b = 0; b < 2; ++b)
-                if (2 * r + a < g.h && 2 * q + b < g.w)
-                  store(dpre + ((i * g.h + 2 * r + a) * g.w + 2 * q + b) * O + o, d[a][b]);
-            store(myB + o, load(myB + o) + d[0][0] + d[0][1] + d[1][0] + d[1][1]);
+            v16 sum{};
+            #pragma GCC unroll 36
+            for (int wr = 0; wr < m / 2; ++wr)
+              #pragma GCC unroll 36
+              for (int wc = 0; wc < m / 2; ++wc) {
+                const int64_t pr = (m / 2) * r + wr, pc = (m / 2) * q + wc;
+                if (pr >= g.ph || pc >= g.pw) continue;
+                v16 window[2][2];
+                MaskGrad(mask, dp, g, O, i, pr, pc, o, slope, window);
+                #pragma GCC unroll 36
+                for (int u = 0; u < 2; ++u)
+                  #pragma GCC unroll 36
+                  for (int v = 0; v < 2; ++v) {
+                    d[2 * wr + u][2 * wc + v] = window[u][v];
+                    sum += window[u][v];
+                    if (2 * pr + u < g.h && 2 * pc + v < g.w)
+                      store(dpre + ((i * g.h + 2 * pr + u) * g.w + 2 * pc + v) * O + o, window[u][v]);
+                  }
+              }
+            store(myB + o, load(myB + o) + sum);
           }
-          // A d A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the output transform's transpose
-          v16 s[4][2];
-          for (int b = 0; b < 2; ++b) {
-            s[0][b] = d[0][b];
-            s[1][b] = d[0][b] + d[1][b];
-            s[2][b] = d[0][b] - d[1][b];
-            s[3][b] = -d[1][b];
-          }
-          const int64_t plane = kTiles * O;
-          for (int a = 0; a < 4; ++a) {
-            float* out = Z + 4 * a * plane + k * O + o;
-            store(out, s[a][0]);
-            store(out + plane, s[a][0] + s[a][1]);
-            store(out + 2 * plane, s[a][0] - s[a][1]);
-            store(out + 3 * plane, -s[a][1]);
-          }
+          // the output transform's transpose
+          v16 z[W::a][W::a];
+          Sandwich(W::A.at, d, W::A.at, z);
+          #pragma GCC unroll 36
+          for (int e = 0; e < W::E; ++e) store(Z + (e * W::kBlock + k) * O + o, z[e / W::a][e % W::a]);
         }
       }
-      for (int e = 0; e < 16; ++e)
-        Gemm<true, true>(V + e * kTiles * C, C, Z + e * kTiles * O, O, myU + e * C * O, O, C, O, kTiles);
+      for (int e = 0; e < W::E; ++e)
+        Gemm<true, true>(V + e * W::kBlock * C, C, Z + e * W::kBlock * O, O, myU + e * C * O, O, C, O, W::kBlock);
     }
   });
-  // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time
-  const v16 half = splat(0.5f);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t o = 0; o < O; o += 16) {
-      v16 u[4][4], t[3][4];
-      for (int e = 0; e < 16; ++e) {
-        v16 sum{};
-        for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + (e * C + c) * O + o);
-        u[e / 4][e % 4] = sum;
+  // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time,
+  // in parallel over the input channels (run on the calling thread alone it cost as much as a block)
+  parts.Run([&](int part) {
+    const auto [first, last] = parts.Range(C, part);
+    for (int64_t c = first; c < last; ++c)
+      for (int64_t o = 0; o < O; o += 16) {
+        v16 u[W::a][W::a], out[3][3];
+        #pragma GCC unroll 36
+        for (int e = 0; e < W::E; ++e) {
+          v16 sum{};
+          for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + (e * C + c) * O + o);
+          u[e / W::a][e % W::a] = sum;
+        }
+        Sandwich(W::GT.at, u, W::GT.at, out);
+        #pragma GCC unroll 36
+        for (int k = 0; k < 9; ++k) store(dw + (k * C + c) * O + o, out[k / 3][k % 3]);
       }
-      for (int b = 0; b < 4; ++b) {
-        t[0][b] = u[0][b] + half * (u[1][b] + u[2][b]);
-        t[1][b] = half * (u[1][b] - u[2][b]);
-        t[2][b] = half * (u[1][b] + u[2][b]) + u[3][b];
-      }
-      for (int a = 0; a < 3; ++a) {
-        store(dw + ((a * 3 + 0) * C + c) * O + o, t[a][0] + half * (t[a][1] + t[a][2]));
-        store(dw + ((a * 3 + 1) * C + c) * O + o, half * (t[a][1] - t[a][2]));
-        store(dw + ((a * 3 + 2) * C + c) * O + o, half * (t[a][1] + t[a][2]) + t[a][3]);
-      }
-    }
+  });
   for (int64_t o = 0; o < O; o += 16) {
     v16 sum{};
-    for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + 16 * C * O + o);
+    for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + W::E * C * O + o);
     store(db + o, sum);
   }
 }
@@ -671,48 +757,67 @@ ffi::Error DirectBwdX(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer
   });
 }
 
-ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p,
+// The Winograd tile m (2 or 4): fused.py chooses it per shape.
+ffi::Error CheckTile(int32_t tile) {
+  if (tile == 2 || tile == 4) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument("fused conv: the Winograd tile must be 2 or 4");
+}
+
+template <int m>
+void Forward(const Parts& parts, const Dims& d, const float* x, const float* w, const float* b, float slope, float* p,
+             uint8_t* mask) {
+  float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
+  WeightTransform<m>(parts, w, d.c, d.o, false, U);
+  WinogradForward<m>(parts, x, U, b, slope, true, Geometry(d.n, d.h, d.w, m), d.c, d.o, nullptr, p, mask);
+}
+
+template <int m>
+void Backward(const Parts& parts, const Dims& d, const float* x, const float* w, const uint8_t* mask, const float* dp,
+              float slope, float* dx, float* dw, float* db) {
+  const Geometry g(d.n, d.h, d.w, m);
+  float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
+  float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
+  WinogradWeightGrad<m>(parts, x, mask, dp, slope, g, d.c, d.o, dpre, dw, db);
+  WeightTransform<m>(parts, w, d.c, d.o, true, U);
+  WinogradForward<m>(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx, nullptr, nullptr);
+}
+
+ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, int32_t tile, Result p,
                    ffi::ResultBuffer<ffi::U8> mask) {
   Dims d;
   if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = CheckTile(tile); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled()) && Is(*mask, d.pooled())); e.failure()) return e;
   return Guarded([&] {
-    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-    WeightTransform(w.typed_data(), d.c, d.o, false, U);
-    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
-                    d.o, nullptr, p->typed_data(), mask->typed_data());
+    (tile == 4 ? Forward<4> : Forward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
+                                          p->typed_data(), mask->typed_data());
   });
 }
 
-ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, Result p) {
+ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, int32_t tile, Result p) {
   Dims d;
   if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = CheckTile(tile); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled())); e.failure()) return e;
   return Guarded([&] {
-    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-    WeightTransform(w.typed_data(), d.c, d.o, false, U);
-    WinogradForward(Parts(&pool), x.typed_data(), U, b.typed_data(), slope, true, Geometry(d.n, d.h, d.w), d.c,
-                    d.o, nullptr, p->typed_data(), nullptr);
+    (tile == 4 ? Forward<4> : Forward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
+                                          p->typed_data(), nullptr);
   });
 }
 
 ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, ffi::Buffer<ffi::U8> mask, Buffer dp, float slope,
-                   Result dx, Result dw, Result db) {
+                   int32_t tile, Result dx, Result dw, Result db) {
   Dims d;
   if (auto e = Check(x, w, slope, true, &d); e.failure()) return e;
+  if (auto e = CheckTile(tile); e.failure()) return e;
   if (auto e = Shapes(Is(mask, d.pooled()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c)) && Is(*dw, d.kernel()) &&
                       Is(*db, d.bias()));
       e.failure())
     return e;
   return Guarded([&] {
-    const Geometry g(d.n, d.h, d.w);
-    const Parts parts(&pool);
-    float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
-    float* U = Sized(Scratch(kU), 16 * d.c * d.o);
-    WinogradWeightGrad(parts, x.typed_data(), mask.typed_data(), dp.typed_data(), slope, g, d.c, d.o, dpre,
-                       dw->typed_data(), db->typed_data());
-    WeightTransform(w.typed_data(), d.c, d.o, true, U);
-    WinogradForward(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx->typed_data(), nullptr, nullptr);
+    (tile == 4 ? Backward<4> : Backward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), mask.typed_data(),
+                                            dp.typed_data(), slope, dx->typed_data(), dw->typed_data(),
+                                            db->typed_data());
   });
 }
 
@@ -721,17 +826,19 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, ffi::Buffer<ffi::U8
 #define ARG .Arg<ffi::Buffer<ffi::F32>>()
 #define RET .Ret<ffi::Buffer<ffi::F32>>()
 #define SLOPE .Attr<float>("slope")
+#define TILE .Attr<int32_t>("tile")
 #define BIND ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectForward, DirectFwd, BIND ARG ARG ARG SLOPE RET);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardWeights, DirectBwdW, BIND ARG ARG ARG ARG SLOPE RET RET);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedDirectBackwardData, DirectBwdX, BIND ARG ARG ARG ARG SLOPE RET);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, BIND ARG ARG ARG SLOPE RET .Ret<ffi::Buffer<ffi::U8>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, BIND ARG ARG ARG SLOPE RET);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradForward, WinoFwd, BIND ARG ARG ARG SLOPE TILE RET .Ret<ffi::Buffer<ffi::U8>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradInference, WinoInfer, BIND ARG ARG ARG SLOPE TILE RET);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd,
-                              BIND ARG ARG .Arg<ffi::Buffer<ffi::U8>>() ARG SLOPE RET RET RET);
+                              BIND ARG ARG .Arg<ffi::Buffer<ffi::U8>>() ARG SLOPE TILE RET RET RET);
 
 #undef ARG
 #undef RET
 #undef SLOPE
+#undef TILE
 #undef BIND
