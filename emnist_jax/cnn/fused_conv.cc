@@ -34,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -90,12 +91,15 @@ float* Sized(Buffer64& buffer, size_t n) {
 // (the threads XLA's own CPU kernels use) takes the others, so no second thread pool competes for the
 // cores. A part is claimed by whichever thread comes first and the caller never waits for a task that
 // has not started, so a busy pool cannot deadlock it; a task that starts late finds nothing left and
-// never touches `body`. Work and partial sums are split by part, one per pool thread, so the numbers
-// do not depend on which thread ran what (they do on the pool's size: the same machine and thread
-// count give the same numbers).
+// never touches `body`. Work and partial sums are split by part, `per_thread` parts per pool thread,
+// so the numbers do not depend on which thread ran what (they do on the pool's size: the same machine
+// and thread count give the same numbers). Passes without partial sums take several parts per thread:
+// a thread that the shared machine slows down then leaves its last parts to the others.
 class Parts {
  public:
-  explicit Parts(ffi::ThreadPool* pool) : pool_(pool), count_(std::max<int64_t>(1, pool->num_threads())) {}
+  explicit Parts(ffi::ThreadPool* pool, int per_thread = 1)
+      : pool_(pool), threads_(std::max<int64_t>(1, pool->num_threads())),
+        count_(threads_ == 1 ? 1 : threads_ * per_thread) {}
   int count() const { return count_; }
 
   template <typename F>
@@ -120,7 +124,7 @@ class Parts {
       }
     };
     try {
-      for (int k = 1; k < count_; ++k) pool_->Schedule(decltype(work)(work));  // a copy: Schedule owns it
+      for (int k = 1; k < threads_; ++k) pool_->Schedule(decltype(work)(work));  // a copy: Schedule owns it
     } catch (...) {
       // fewer helpers (Schedule's allocation failed): the caller takes the parts they leave
     }
@@ -134,8 +138,11 @@ class Parts {
 
  private:
   ffi::ThreadPool* pool_;
-  int count_;
+  int threads_, count_;
 };
+
+// parts per thread for the passes without partial sums
+constexpr int kFine = 4;
 
 // ---- a small matrix product: C (+)= A B, B row-major with 16*NV columns per panel ----------------
 // Layout and accumulation are template arguments: with them known, the inner loop is only loads,
@@ -528,81 +535,161 @@ void Pad(const float* x, const Direct& s, int64_t i, float* P) {
     std::memcpy(P + ((row + 1) * s.pw + 1) * s.c, x + (i * s.h + row) * s.w * s.c, s.w * s.c * sizeof(float));
 }
 
-// The 2x2 pre-activations of pooling window (r, q), channels o..o+15, from the padded image
-inline void DirectWindow(const float* P, const float* w, const float* bias, const Direct& s, int64_t r, int64_t q,
-                         int64_t o, v16 pre[2][2]) {
-  const v16 bv = load(bias + o);
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) pre[a][b] = bv;
-  for (int64_t c = 0; c < s.c; ++c) {
+// The weights of output channels o..o+16 NV, packed [9][C][NV][16], and their biases [NV][16]: a
+// window's loads then sit at fixed offsets from one pointer (with the strides read at run time the
+// address arithmetic outweighed the products).
+template <int NV>
+void Pack(const float* w, const float* bias, const Direct& s, int64_t o, float* packed) {
+  for (int64_t kc = 0; kc < 9 * s.c; ++kc)
+    for (int j = 0; j < NV; ++j) store(packed + (kc * NV + j) * 16, load(w + kc * s.o + o + 16 * j));
+  for (int j = 0; j < NV; ++j) store(packed + (9 * s.c * NV + j) * 16, load(bias + o + 16 * j));
+}
+
+// The 2x2 pre-activations of pooling window (r, q) for the packed channels, from the padded image;
+// NV groups of 16 channels share the patch's broadcasts. kC: the input channels where known at
+// compile time (1: conv1), else 0.
+template <int NV, int kC>
+inline void DirectWindow(const float* P, const float* packed, const Direct& s, int64_t r, int64_t q,
+                         v16 pre[NV][2][2]) {
+  const int64_t C = kC ? kC : s.c, row = s.pw * C;
+  for (int j = 0; j < NV; ++j) {
+    const v16 bv = load(packed + (9 * C * NV + j) * 16);
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) pre[j][a][b] = bv;
+  }
+  const float* corner = P + (2 * r * s.pw + 2 * q) * C;
+  for (int64_t c = 0; c < C; ++c) {
     v16 patch[4][4];
     for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b) patch[a][b] = splat(P[((2 * r + a) * s.pw + 2 * q + b) * s.c + c]);
-    for (int ka = 0; ka < 3; ++ka)
-      for (int kb = 0; kb < 3; ++kb) {
-        const v16 wv = load(w + ((ka * 3 + kb) * s.c + c) * s.o + o);
+      for (int b = 0; b < 4; ++b) patch[a][b] = splat(corner[a * row + b * C + c]);
+    for (int k = 0; k < 9; ++k)
+      for (int j = 0; j < NV; ++j) {
+        const v16 wv = load(packed + ((k * C + c) * NV + j) * 16);
         for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b) pre[a][b] += patch[a + ka][b + kb] * wv;
+          for (int b = 0; b < 2; ++b) pre[j][a][b] += patch[a + k / 3][b + k % 3] * wv;
       }
   }
 }
 
-// The gradient before the LeakyReLU of window (r, q) of image i, recomputed from the padded image:
-// JAX's tie rule on the window's outputs (positions outside the image never count, and get zero).
-inline void DirectWindowGrad(const float* P, const float* w, const float* bias, const float* dp, float slope,
-                             const Direct& s, int64_t i, int64_t r, int64_t q, int64_t o, v16 d[2][2]) {
-  v16 pre[2][2], ys[2][2], best = splat(-__builtin_inff()), count{};
-  DirectWindow(P, w, bias, s, r, q, o, pre);
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      const bool inside = 2 * r + a < s.h && 2 * q + b < s.w;
-      ys[a][b] = inside ? leaky(pre[a][b], slope) : splat(-__builtin_inff());
-      best = vmax(best, ys[a][b]);
-    }
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) count += ys[a][b] == best ? splat(1.f) : v16{};
-  const v16 share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o) / count;
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b)
-      d[a][b] = ys[a][b] == best ? share * (pre[a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+// The gradient before the LeakyReLU of window (r, q) of image i, channels o..o+16 NV, recomputed from
+// the padded image: JAX's tie rule on the window's outputs (positions outside the image never count,
+// and get zero).
+template <int NV, int kC>
+inline void DirectWindowGrad(const float* P, const float* packed, const float* dp, float slope, const Direct& s,
+                             int64_t i, int64_t r, int64_t q, int64_t o, v16 d[NV][2][2]) {
+  v16 pre[NV][2][2];
+  DirectWindow<NV, kC>(P, packed, s, r, q, pre);
+  for (int j = 0; j < NV; ++j) {
+    v16 ys[2][2], best = splat(-__builtin_inff()), count{};
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) {
+        const bool inside = 2 * r + a < s.h && 2 * q + b < s.w;
+        ys[a][b] = inside ? leaky(pre[j][a][b], slope) : splat(-__builtin_inff());
+        best = vmax(best, ys[a][b]);
+      }
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) count += ys[a][b] == best ? splat(1.f) : v16{};
+    const v16 share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j) / count;
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b)
+        d[j][a][b] = ys[a][b] == best ? share * (pre[j][a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+  }
+}
+
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// body(Int<NV>, Int<kC>, o) for every group of output channels: 32 at a time, then 16; kC = 1 where
+// the image has one channel.
+template <typename F>
+void ByChannels(const Direct& s, F&& body) {
+  int64_t o = 0;
+  if (s.c == 1) {
+    for (; o + 32 <= s.o; o += 32) body(Int<2>{}, Int<1>{}, o);
+    for (; o < s.o; o += 16) body(Int<1>{}, Int<1>{}, o);
+  } else {
+    for (; o + 32 <= s.o; o += 32) body(Int<2>{}, Int<0>{}, o);
+    for (; o < s.o; o += 16) body(Int<1>{}, Int<0>{}, o);
+  }
 }
 
 // dpre of image i, (2 th) x (2 tw) x O (zero outside the image)
 void DirectImageGrad(const float* P, const float* w, const float* bias, const float* dp, float slope, const Direct& s,
                      int64_t i, float* D) {
-  for (int64_t r = 0; r < s.th; ++r)
-    for (int64_t q = 0; q < s.tw; ++q)
-      for (int64_t o = 0; o < s.o; o += 16) {
-        v16 d[2][2];
-        DirectWindowGrad(P, w, bias, dp, slope, s, i, r, q, o, d);
-        for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o, d[a][b]);
+  alignas(64) float packed[(9 * 16 + 1) * 32];
+  ByChannels(s, [&](auto nv, auto kc, int64_t o) {
+    constexpr int NV = decltype(nv)::value, kC = decltype(kc)::value;
+    Pack<NV>(w, bias, s, o, packed);
+    for (int64_t r = 0; r < s.th; ++r)
+      for (int64_t q = 0; q < s.tw; ++q) {
+        v16 d[NV][2][2];
+        DirectWindowGrad<NV, kC>(P, packed, dp, slope, s, i, r, q, o, d);
+        for (int j = 0; j < NV; ++j)
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o + 16 * j, d[j][a][b]);
       }
+  });
 }
 
 void DirectForward(const Parts& parts, const float* x, const float* w, const float* bias, float slope, int64_t N,
                    const Direct& s, float* p) {
   parts.Run([&](int part) {
     float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
+    alignas(64) float packed[(9 * 16 + 1) * 32];
     const auto [first, last] = parts.Range(N, part);
     for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
-      for (int64_t r = 0; r < s.th; ++r)
-        for (int64_t q = 0; q < s.tw; ++q)
-          for (int64_t o = 0; o < s.o; o += 16) {
-            v16 pre[2][2], best = splat(-__builtin_inff());
-            DirectWindow(P, w, bias, s, r, q, o, pre);
-            for (int a = 0; a < 2; ++a)
-              for (int b = 0; b < 2; ++b)
-                if (2 * r + a < s.h && 2 * q + b < s.w) best = vmax(best, leaky(pre[a][b], slope));
-            store(p + ((i * s.th + r) * s.tw + q) * s.o + o, best);
+      ByChannels(s, [&](auto nv, auto kc, int64_t o) {
+        constexpr int NV = decltype(nv)::value, kC = decltype(kc)::value;
+        Pack<NV>(w, bias, s, o, packed);
+        for (int64_t r = 0; r < s.th; ++r)
+          for (int64_t q = 0; q < s.tw; ++q) {
+            v16 pre[NV][2][2];
+            DirectWindow<NV, kC>(P, packed, s, r, q, pre);
+            // LeakyReLU is increasing: applied once, to the maximum of the pre-activations, it gives
+            // the maximum of the activations
+            const bool rows = 2 * r + 1 < s.h, cols = 2 * q + 1 < s.w;  // the window's second row, column
+            for (int j = 0; j < NV; ++j) {
+              v16 best = pre[j][0][0];
+              if (cols) best = vmax(best, pre[j][0][1]);
+              if (rows) best = vmax(best, cols ? vmax(pre[j][1][0], pre[j][1][1]) : pre[j][1][0]);
+              store(p + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j, leaky(best, slope));
+            }
           }
+      });
     }
   });
 }
 
-// dw[ka][kb][c] = sum over pixels of P[pixel + (ka, kb)][c] * dpre[pixel]: per image, channel and
-// 16 output channels, the 9 sums stay in registers through the whole image.
+// dw[ka][kb][c] += sum over pixels of P[pixel + (ka, kb)][c] * dpre[pixel] for one image, channels
+// o..o+16 NV: per input channel the 9 NV sums stay in registers through the whole image, and each
+// broadcast of the image serves NV groups of 16 output channels.
+template <int NV, int kC>
+inline void PixelSums(const float* P, const float* D, const Direct& s, int64_t rows, int64_t cols, int64_t o,
+                      float* dw) {
+  const int64_t C = kC ? kC : s.c;
+  for (int64_t c = 0; c < C; ++c) {
+    v16 acc[9][NV] = {};
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* image = P + row * s.pw * C + c;  // the 3 x cols window rows from `row` on
+      const float* grad = D + row * cols * s.o + o;
+      for (int64_t col = 0; col < cols; ++col) {
+        v16 d[NV];
+        for (int j = 0; j < NV; ++j) d[j] = load(grad + col * s.o + 16 * j);
+        for (int k = 0; k < 9; ++k) {
+          const v16 v = splat(image[((k / 3) * s.pw + col + k % 3) * C]);
+          for (int j = 0; j < NV; ++j) acc[k][j] += v * d[j];
+        }
+      }
+    }
+    for (int k = 0; k < 9; ++k)
+      for (int j = 0; j < NV; ++j) {
+        float* at = dw + (k * C + c) * s.o + o + 16 * j;
+        store(at, load(at) + acc[k][j]);
+      }
+  }
+}
+
 void DirectWeightGrad(const Parts& parts, const float* x, const float* w, const float* bias, const float* dp,
                       float slope, int64_t N, const Direct& s, float* dw, float* db) {
   const int count = parts.count();
@@ -622,21 +709,10 @@ void DirectWeightGrad(const Parts& parts, const float* x, const float* w, const 
         v16 sum{};
         for (int64_t px = 0; px < rows * cols; ++px) sum += load(D + px * s.o + o);
         store(mine + 9 * s.c * s.o + o, load(mine + 9 * s.c * s.o + o) + sum);
-        for (int64_t c = 0; c < s.c; ++c) {
-          v16 acc[9] = {};
-          for (int64_t row = 0; row < rows; ++row)
-            for (int64_t col = 0; col < cols; ++col) {
-              const v16 d = load(D + (row * cols + col) * s.o + o);
-              for (int ka = 0; ka < 3; ++ka)
-                for (int kb = 0; kb < 3; ++kb)
-                  acc[ka * 3 + kb] += splat(P[((row + ka) * s.pw + col + kb) * s.c + c]) * d;
-            }
-          for (int k = 0; k < 9; ++k) {
-            float* at = mine + (k * s.c + c) * s.o + o;
-            store(at, load(at) + acc[k]);
-          }
-        }
       }
+      ByChannels(s, [&](auto nv, auto kc, int64_t o) {
+        PixelSums<decltype(nv)::value, decltype(kc)::value>(P, D, s, rows, cols, o, mine);
+      });
     }
   });
   for (size_t j = 0; j < per_part; ++j) {
@@ -729,7 +805,7 @@ ffi::Error DirectFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float s
   if (auto e = Check(x, w, slope, false, &d); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled())); e.failure()) return e;
   return Guarded([&] {
-    DirectForward(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n,
+    DirectForward(Parts(&pool, kFine), x.typed_data(), w.typed_data(), b.typed_data(), slope, d.n,
                   Direct(d.h, d.w, d.c, d.o), p->typed_data());
   });
 }
@@ -752,7 +828,7 @@ ffi::Error DirectBwdX(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, Buffer
   if (auto e = Check(x, w, slope, false, &d); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(dp, d.pooled()) && Is(*dx, d.image(d.c))); e.failure()) return e;
   return Guarded([&] {
-    DirectInputGrad(Parts(&pool), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
+    DirectInputGrad(Parts(&pool, kFine), x.typed_data(), w.typed_data(), b.typed_data(), dp.typed_data(), slope, d.n,
                     Direct(d.h, d.w, d.c, d.o), dx->typed_data());
   });
 }
@@ -764,22 +840,24 @@ ffi::Error CheckTile(int32_t tile) {
 }
 
 template <int m>
-void Forward(const Parts& parts, const Dims& d, const float* x, const float* w, const float* b, float slope, float* p,
-             uint8_t* mask) {
+void Forward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const float* b, float slope,
+             float* p, uint8_t* mask) {
+  const Parts parts(pool, kFine);
   float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
   WeightTransform<m>(parts, w, d.c, d.o, false, U);
   WinogradForward<m>(parts, x, U, b, slope, true, Geometry(d.n, d.h, d.w, m), d.c, d.o, nullptr, p, mask);
 }
 
 template <int m>
-void Backward(const Parts& parts, const Dims& d, const float* x, const float* w, const uint8_t* mask, const float* dp,
-              float slope, float* dx, float* dw, float* db) {
+void Backward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const uint8_t* mask,
+              const float* dp, float slope, float* dx, float* dw, float* db) {
+  const Parts parts(pool), fine(pool, kFine);
   const Geometry g(d.n, d.h, d.w, m);
   float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
   float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
   WinogradWeightGrad<m>(parts, x, mask, dp, slope, g, d.c, d.o, dpre, dw, db);
-  WeightTransform<m>(parts, w, d.c, d.o, true, U);
-  WinogradForward<m>(parts, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx, nullptr, nullptr);
+  WeightTransform<m>(fine, w, d.c, d.o, true, U);
+  WinogradForward<m>(fine, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx, nullptr, nullptr);
 }
 
 ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, int32_t tile, Result p,
@@ -789,7 +867,7 @@ ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slo
   if (auto e = CheckTile(tile); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled()) && Is(*mask, d.pooled())); e.failure()) return e;
   return Guarded([&] {
-    (tile == 4 ? Forward<4> : Forward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
+    (tile == 4 ? Forward<4> : Forward<2>)(&pool, d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
                                           p->typed_data(), mask->typed_data());
   });
 }
@@ -800,7 +878,7 @@ ffi::Error WinoInfer(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float s
   if (auto e = CheckTile(tile); e.failure()) return e;
   if (auto e = Shapes(Is(b, d.bias()) && Is(*p, d.pooled())); e.failure()) return e;
   return Guarded([&] {
-    (tile == 4 ? Forward<4> : Forward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
+    (tile == 4 ? Forward<4> : Forward<2>)(&pool, d, x.typed_data(), w.typed_data(), b.typed_data(), slope,
                                           p->typed_data(), nullptr);
   });
 }
@@ -815,7 +893,7 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, ffi::Buffer<ffi::U8
       e.failure())
     return e;
   return Guarded([&] {
-    (tile == 4 ? Backward<4> : Backward<2>)(Parts(&pool), d, x.typed_data(), w.typed_data(), mask.typed_data(),
+    (tile == 4 ? Backward<4> : Backward<2>)(&pool, d, x.typed_data(), w.typed_data(), mask.typed_data(),
                                             dp.typed_data(), slope, dx->typed_data(), dw->typed_data(),
                                             db->typed_data());
   });
