@@ -59,8 +59,8 @@ inline v16 leaky(v16 v, float slope) { return v >= 0 ? v : v * slope; }
 // Per-thread buffers, grown to the largest size asked for and kept: a fresh allocation per call
 // would map and fault in fresh pages every step.
 // 64-byte aligned: a 16-float load that straddles two cache lines costs two. A handler's calling
-// thread holds kU, kTurned, kPartial and (Winograd) kGradient across a call; the parts (on every
-// thread, the caller included) use kV and kM, or (direct) kImage and kGradient.
+// thread holds kU, kTurned and kPartial across a call; the parts (on every thread, the caller
+// included) use kV and kM, or (direct) kImage and kGradient.
 enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kSlots };
 
 struct Buffer64 {
@@ -292,18 +292,18 @@ struct Geometry {
 };
 
 // U[E][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), 16 output channels at a time; with
-// rotate, of w turned by 180 degrees with its channel axes swapped (the kernel of the input
-// gradient), so U is [E][O][C]. C and O multiples of 16. In parallel: run once per call on the
-// calling thread it cost as much as a block's matrix products (F(4x4) on conv3).
+// `swapped`, of w with its channel axes swapped, so U is [E][O][C] (the backward pass's product
+// dV = Z U^T reads it so). C and O multiples of 16. In parallel: run once per call on the calling
+// thread it cost as much as a block's matrix products (F(4x4) on conv3).
 template <int m>
-void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, bool rotate, float* U) {
-  if (rotate) {
+void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, bool swapped, float* U) {
+  if (swapped) {
     float* turned = Sized(Scratch(kTurned), 9 * C * O);
     parts.Run([&](int part) {
       const auto [first, last] = parts.Range(O, part);
       for (int k = 0; k < 9; ++k)
         for (int64_t o = first; o < last; ++o)
-          for (int64_t c = 0; c < C; ++c) turned[(k * O + o) * C + c] = w[((8 - k) * C + c) * O + o];
+          for (int64_t c = 0; c < C; ++c) turned[(k * O + o) * C + c] = w[(k * C + c) * O + o];
     });
     return WeightTransform<m>(parts, turned, O, C, false, U);
   }
@@ -323,21 +323,21 @@ void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, b
 }
 
 // V[E][kBlock][C] = B^T d B of the input tiles of the block from tile `t0` (zero outside the image
-// and past the last tile)
+// and from tile `end` on)
 template <int m>
-void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, float* V) {
+void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, int64_t end, float* V) {
   using W = Winograd<m>;
   const int64_t plane = W::kBlock * C;
   for (int64_t k = 0; k < W::kBlock; ++k) {
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
-    if (t < g.tiles) g.where(t, &i, &r, &q);
+    if (t < end) g.where(t, &i, &r, &q);
     for (int64_t c = 0; c < C; c += 16) {
       v16 d[W::a][W::a], v[W::a][W::a];
       #pragma GCC unroll 36
       for (int e = 0; e < W::E; ++e) {
         const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
-        const bool inside = t < g.tiles && row >= 0 && row < g.h && col >= 0 && col < g.w;
+        const bool inside = t < end && row >= 0 && row < g.h && col >= 0 && col < g.w;
         d[e / W::a][e % W::a] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : v16{};
       }
       Sandwich(Tile<m>::BT, d, Tile<m>::BT, v);
@@ -366,7 +366,7 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
     const auto [first, last] = parts.Range(g.blocks(W::kBlock), part);
     for (int64_t block = first; block < last; ++block) {
       const int64_t t0 = block * W::kBlock;
-      InputTransform<m>(x, g, C, t0, V);
+      InputTransform<m>(x, g, C, t0, g.tiles, V);
       for (int e = 0; e < W::E; ++e)
         Gemm<false, false>(V + e * W::kBlock * C, C, U + e * C * O, O, M + e * W::kBlock * O, O, W::kBlock, O, C);
       for (int64_t k = 0; k < W::kBlock && t0 + k < g.tiles; ++k) {
@@ -436,14 +436,20 @@ inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, in
   }
 }
 
-// One pass over the tiles: dpre (the gradient before the LeakyReLU, full size, for dx), and the
-// Winograd-domain weight gradient dU = sum over tiles of V^T (A dpre A^T), and db.
+// The whole backward pass in one sweep over the tiles, each part over whole images (the input
+// gradient's tiles overlap, and no two threads may add into the same pixel): per tile the gradient
+// before the LeakyReLU from the mask (d, m x m), its Winograd-domain form Z = A d A^T, and per element
+// e the two products of the algorithm's gradient: dU[e] += V[e]^T Z[e] (weights) and dV[e] = Z[e] U[e]^T
+// (input), then dx += B dV B^T, added into the overlapping (m + 2) x (m + 2) input tile. UT: the weight
+// transform with swapped channel axes, [E][O][C].
 template <int m>
-void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask, const float* dp, float slope,
-                        const Geometry& g, int64_t C, int64_t O, float* dpre, float* dw, float* db) {
+void WinogradBackward(const Parts& parts, const float* x, const float* UT, const uint8_t* mask, const float* dp,
+                      float slope, const Geometry& g, int64_t C, int64_t O, float* dx, float* dw, float* db) {
   using W = Winograd<m>;
+  static constexpr Matrix<W::a, W::a> B = Transposed(Tile<m>::BT);
   const int count = parts.count();
   const size_t per_part = W::E * C * O + O;
+  const int64_t per_image = g.th * g.tw;
   float* partial = Sized(Scratch(kPartial), count * per_part);
   parts.Run([&](int part) {
     float* myU = partial + part * per_part;
@@ -451,17 +457,18 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
     std::fill(myU, myU + per_part, 0.f);
     float* V = Sized(Scratch(kV), W::E * W::kBlock * C);
     float* Z = Sized(Scratch(kM), W::E * W::kBlock * O);
-    const auto [first, last] = parts.Range(g.blocks(W::kBlock), part);
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * W::kBlock;
-      InputTransform<m>(x, g, C, t0, V);
+    const auto [first_image, last_image] = parts.Range(g.n, part);
+    std::fill(dx + first_image * g.h * g.w * C, dx + last_image * g.h * g.w * C, 0.f);
+    const int64_t end = last_image * per_image;
+    for (int64_t t0 = first_image * per_image; t0 < end; t0 += W::kBlock) {
+      InputTransform<m>(x, g, C, t0, end, V);
       for (int64_t k = 0; k < W::kBlock; ++k) {
         const int64_t t = t0 + k;
         int64_t i = 0, r = 0, q = 0;
-        if (t < g.tiles) g.where(t, &i, &r, &q);
+        if (t < end) g.where(t, &i, &r, &q);
         for (int64_t o = 0; o < O; o += 16) {
           v16 d[m][m] = {};
-          if (t < g.tiles) {
+          if (t < end) {
             v16 sum{};
             #pragma GCC unroll 36
             for (int wr = 0; wr < m / 2; ++wr)
@@ -477,8 +484,6 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
                   for (int v = 0; v < 2; ++v) {
                     d[2 * wr + u][2 * wc + v] = window[u][v];
                     sum += window[u][v];
-                    if (2 * pr + u < g.h && 2 * pc + v < g.w)
-                      store(dpre + ((i * g.h + 2 * pr + u) * g.w + 2 * pc + v) * O + o, window[u][v]);
                   }
               }
             store(myB + o, load(myB + o) + sum);
@@ -490,8 +495,30 @@ void WinogradWeightGrad(const Parts& parts, const float* x, const uint8_t* mask,
           for (int e = 0; e < W::E; ++e) store(Z + (e * W::kBlock + k) * O + o, z[e / W::a][e % W::a]);
         }
       }
-      for (int e = 0; e < W::E; ++e)
-        Gemm<true, true>(V + e * W::kBlock * C, C, Z + e * W::kBlock * O, O, myU + e * C * O, O, C, O, W::kBlock);
+      for (int e = 0; e < W::E; ++e) {
+        float* Ve = V + e * W::kBlock * C;
+        const float* Ze = Z + e * W::kBlock * O;
+        Gemm<true, true>(Ve, C, Ze, O, myU + e * C * O, O, C, O, W::kBlock);
+        Gemm<false, false>(Ze, O, UT + e * O * C, C, Ve, C, W::kBlock, C, O);  // V[e] is done with: dV[e]
+      }
+      // the input transform's transpose, added into the input tiles
+      for (int64_t k = 0; k < W::kBlock && t0 + k < end; ++k) {
+        int64_t i, r, q;
+        g.where(t0 + k, &i, &r, &q);
+        for (int64_t c = 0; c < C; c += 16) {
+          v16 dv[W::a][W::a], dd[W::a][W::a];
+          #pragma GCC unroll 36
+          for (int e = 0; e < W::E; ++e) dv[e / W::a][e % W::a] = load(V + (e * W::kBlock + k) * C + c);
+          Sandwich(B.at, dv, B.at, dd);
+          #pragma GCC unroll 36
+          for (int e = 0; e < W::E; ++e) {
+            const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
+            if (row < 0 || row >= g.h || col < 0 || col >= g.w) continue;
+            float* at = dx + ((i * g.h + row) * g.w + col) * C + c;
+            store(at, load(at) + dd[e / W::a][e % W::a]);
+          }
+        }
+      }
     }
   });
   // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time,
@@ -852,12 +879,9 @@ template <int m>
 void Backward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const uint8_t* mask,
               const float* dp, float slope, float* dx, float* dw, float* db) {
   const Parts parts(pool), fine(pool, kFine);
-  const Geometry g(d.n, d.h, d.w, m);
-  float* dpre = Sized(Scratch(kGradient), d.n * d.h * d.w * d.o);
-  float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
-  WinogradWeightGrad<m>(parts, x, mask, dp, slope, g, d.c, d.o, dpre, dw, db);
-  WeightTransform<m>(fine, w, d.c, d.o, true, U);
-  WinogradForward<m>(fine, dpre, U, nullptr, 0.f, false, g, d.o, d.c, dx, nullptr, nullptr);
+  float* UT = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
+  WeightTransform<m>(fine, w, d.c, d.o, true, UT);
+  WinogradBackward<m>(parts, x, UT, mask, dp, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, dx, dw, db);
 }
 
 ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, int32_t tile, Result p,
