@@ -4,13 +4,17 @@ Each block, ``max_pool_same(leaky_relu(conv3x3_same(x, w) + b))``, is one call f
 two backward (``fused_conv.cc``):
 - few input channels (conv1): a direct convolution computed a pooling window at a time; neither the
   full-size activation nor its gradient is written, the backward pass recomputes each window;
-- channels a multiple of 16 (conv2, conv3): Winograd F(2x2, 3x3), 2.25x fewer multiplies than the
-  direct form, with bias, LeakyReLU and the pool applied to each 2x2 output tile as it is made; what
-  the backward pass needs of the activation is kept as a byte per pooling window and channel (which
+- channels a multiple of 16 (conv2, conv3): Winograd, F(4x4, 3x3) where the image side makes it
+  pay (conv3, 7x7: 4x fewer multiplies than the direct form) and F(2x2, 3x3) elsewhere (conv2:
+  2.25x), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
+  backward pass needs of the activation is kept as a byte per pooling window and channel (which
   outputs are maxima, which pre-activations are >= 0), and the backward pass is the gradient of the
-  same algorithm.
-Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py). The kernels run
-on XLA's own intra-op threads. Needs only g++ (the extension is compiled on first use, about 10 s,
+  same algorithm, in one sweep.
+Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py); F(4x4)'s rounding
+error is about 1e-6 of an output's scale, ten times F(2x2)'s, so an exact tie in a pooling window
+survives only where the tile's whole 6x6 input is flat (a tie broken by rounding sends the window's
+gradient to one maximum instead of splitting it). The kernels run on XLA's own intra-op threads.
+Needs only g++ (the extension is compiled on first use, about 10 s,
 into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
 False, :func:`unavailable_reason` says why and ``conv_impl="auto"`` falls back to oneDNN's extension
 where installed, else to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.

@@ -10,15 +10,16 @@
 //   fused_direct_bwd_w(x, w, b, dp; slope) -> (dw, db)
 //   fused_direct_bwd_x(x, w, b, dp; slope) -> dx          (XLA drops it where no one asks for it)
 //
-// conv2, conv3 (channels a multiple of 16: Winograd F(2x2, 3x3)): a 4x4 input tile becomes a 2x2
-// output tile through 16 matrix products over channels, 2.25x fewer multiplies than the direct form,
-// and a 2x2 output tile is exactly a pooling window, so bias, LeakyReLU and the pool are applied as
-// each tile is produced. The backward pass is the gradient of the same Winograd algorithm: the
-// pool/LeakyReLU gradient per tile, dW through the transposed transforms, dx as the forward
-// algorithm on the gradient with the kernel rotated by 180 degrees.
-//   fused_wino_fwd(x, w, b; slope)          -> (p, mask)   mask: a byte per pooling window and channel
-//   fused_wino_infer(x, w, b; slope)        -> p
-//   fused_wino_bwd(x, w, mask, dp; slope)   -> (dx, dw, db)
+// conv2, conv3 (channels a multiple of 16: Winograd F(m x m, 3 x 3), m = 2 or 4 as fused.py chooses
+// per shape): an (m + 2)^2 input tile becomes an m x m output tile through (m + 2)^2 matrix products
+// over channels (2.25x or 4x fewer multiplies than the direct form), and an output tile is a whole
+// number of pooling windows, so bias, LeakyReLU and the pool are applied as each tile is produced.
+// The backward pass is the gradient of the same Winograd algorithm, in one sweep: the pool/LeakyReLU
+// gradient per tile from the mask, then dW through the transposed transforms and dx through the
+// transposed products and input transform, added into the overlapping input tiles.
+//   fused_wino_fwd(x, w, b; slope, tile)          -> (p, mask)   mask: a byte per pooling window and channel
+//   fused_wino_infer(x, w, b; slope, tile)        -> p
+//   fused_wino_bwd(x, w, mask, dp; slope, tile)   -> (dx, dw, db)
 //
 // Tie rule of the pool's gradient, as JAX's for a max: a window's gradient is split evenly among its
 // maxima; LeakyReLU's branch is the pre-activation's sign (x >= 0), as in JAX's leaky_relu.
