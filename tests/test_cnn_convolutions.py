@@ -175,8 +175,8 @@ def test_both_winograd_tiles_match_xla(tile, n, h, wd, c, o):
 
 def test_the_winograd_tile_is_the_one_with_fewer_elements():
     assert fused.winograd_tile(7, 7) == 4          # conv3: 4 tiles x 36 against 16 x 16
-    assert fused.winograd_tile(14, 14) == 2        # conv2: 16 x 36 is 0.73 of 49 x 16, not enough
-    assert fused.winograd_tile(1, 7) == 2
+    assert fused.winograd_tile(14, 14) == 4        # conv2: 16 x 36 against 49 x 16
+    assert fused.winograd_tile(1, 7) == 2          # 2 x 36 against 4 x 16
 
 
 @pytest.mark.parametrize("module", EXTENSIONS)

@@ -5,8 +5,8 @@ two backward (``fused_conv.cc``):
 - few input channels (conv1): a direct convolution computed a pooling window at a time; neither the
   full-size activation nor its gradient is written, the backward pass recomputes each window;
 - channels a multiple of 16 (conv2, conv3): Winograd, F(4x4, 3x3) where the image side makes it
-  pay (conv3, 7x7: 4x fewer multiplies than the direct form) and F(2x2, 3x3) elsewhere (conv2:
-  2.25x), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
+  pay (conv2 and conv3: 4x fewer multiplies than the direct form, less the padding to a multiple
+  of 4) and F(2x2, 3x3) elsewhere (2.25x), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
   backward pass needs of the activation is kept as a byte per pooling window and channel (which
   outputs are maxima, which pre-activations are >= 0), and the backward pass is the gradient of the
   same algorithm, in one sweep.
@@ -106,14 +106,12 @@ def _direct(x: jax.Array) -> bool:
 
 
 def winograd_tile(height: int, width: int) -> int:
-    """The Winograd output tile for an image of this size: 4 where F(4x4, 3x3) has at most 2/3 of
-    F(2x2, 3x3)'s transformed elements (36 per 16 outputs against 16 per 4, but the image padded to a
-    multiple of 4), else 2. Measured in the training step on the 2-core development machine: F(4x4)
-    on conv3 (7x7, 0.56 of the elements) 1.11x the step's speed, on conv2 (14x14, 0.73) 1.04x, no more
-    than the shared parts of the change gave (1.03x)."""
+    """The Winograd output tile for an image of this size: 4 where F(4x4, 3x3) has fewer transformed
+    elements than F(2x2, 3x3) (36 per 16 outputs against 16 per 4, but the image padded to a multiple
+    of 4: conv3's 7x7, 0.56 of F(2x2)'s, and conv2's 14x14, 0.73), else 2."""
     def elements(m: int) -> int:
         return -(-height // m) * -(-width // m) * (m + 2) ** 2
-    return 4 if 3 * elements(4) <= 2 * elements(2) else 2
+    return 4 if elements(4) < elements(2) else 2
 
 
 def _tile(x: jax.Array, tile: int | None) -> np.int32:
