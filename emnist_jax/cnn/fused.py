@@ -4,16 +4,15 @@ Each block, ``max_pool_same(leaky_relu(conv3x3_same(x, w) + b))``, is one call f
 two backward (``fused_conv.cc``):
 - few input channels (conv1): a direct convolution computed a pooling window at a time; neither the
   full-size activation nor its gradient is written, the backward pass recomputes each window;
-- channels a multiple of 16 (conv2, conv3): Winograd, F(4x4, 3x3) where the image side makes it
-  pay (conv2 and conv3: 4x fewer multiplies than the direct form, less the padding to a multiple
-  of 4) and F(2x2, 3x3) elsewhere (2.25x), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
+- channels a multiple of 16 (conv2, conv3): Winograd, F(2x2, 3x3) in training (2.25x fewer
+  multiplies than the direct form) and in evaluation F(4x4, 3x3) where the image side makes it pay
+  (conv2 and conv3: 4x fewer, less the padding to a multiple of 4), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
   backward pass needs of the activation is kept as a byte per pooling window and channel (which
   outputs are maxima, which pre-activations are >= 0), and the backward pass is the gradient of the
   same algorithm, in one sweep.
 Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py); F(4x4)'s rounding
-error is about 1e-6 of an output's scale, ten times F(2x2)'s, so an exact tie in a pooling window
-survives only where the tile's whole 6x6 input is flat (a tie broken by rounding sends the window's
-gradient to one maximum instead of splitting it). The kernels run on XLA's own intra-op threads.
+error is about 1e-6 of an output's scale, ten times F(2x2)'s, and why training keeps F(2x2) is
+told at :data:`TRAINING_TILE`. The kernels run on XLA's own intra-op threads.
 Needs only g++ (the extension is compiled on first use, about 10 s,
 into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
 False, :func:`unavailable_reason` says why and ``conv_impl="auto"`` falls back to oneDNN's extension
@@ -106,17 +105,28 @@ def _direct(x: jax.Array) -> bool:
 
 
 def winograd_tile(height: int, width: int) -> int:
-    """The Winograd output tile for an image of this size: 4 where F(4x4, 3x3) has fewer transformed
-    elements than F(2x2, 3x3) (36 per 16 outputs against 16 per 4, but the image padded to a multiple
-    of 4: conv3's 7x7, 0.56 of F(2x2)'s, and conv2's 14x14, 0.73), else 2."""
+    """The Winograd output tile for evaluating an image of this size: 4 where F(4x4, 3x3) has fewer
+    transformed elements than F(2x2, 3x3) (36 per 16 outputs against 16 per 4, but the image padded
+    to a multiple of 4: conv3's 7x7, 0.56 of F(2x2)'s, and conv2's 14x14, 0.73), else 2."""
     def elements(m: int) -> int:
         return -(-height // m) * -(-width // m) * (m + 2) ** 2
     return 4 if elements(4) < elements(2) else 2
 
 
-def _tile(x: jax.Array, tile: int | None) -> np.int32:
+#: The tile under differentiation. F(4x4) measured 1.09-1.10x the training step's speed, but its
+#: 6x6 input tiles mix pixels outside an output's 3x3 neighbourhood into its rounding, so a pooling
+#: window whose maxima tie exactly in the plain network (EMNIST's blank background) is often broken
+#: by a rounding residue, and the window's gradient goes to one maximum instead of being split: over
+#: 4 Adam steps on images with a blank border the loss moved 1.3e-4 (relative) from the plain XLA
+#: network's, against 3.2e-6 for F(2x2) and for the slices form. F(2x2)'s tile is exactly the union
+#: of its window's neighbourhoods, so training keeps it. Evaluation needs only the maximum's value,
+#: which does not depend on which output holds it.
+TRAINING_TILE = 2
+
+
+def _tile(x: jax.Array, tile: int | None, default: int | None = None) -> np.int32:
     if tile is None:
-        return np.int32(winograd_tile(*x.shape[1:3]))
+        return np.int32(default or winograd_tile(*x.shape[1:3]))
     if tile not in (2, 4):
         raise ValueError(f"the Winograd tile must be 2 or 4, got {tile}")
     return np.int32(tile)
@@ -126,7 +136,8 @@ def _tile(x: jax.Array, tile: int | None) -> np.int32:
 def conv3x3_block(x: jax.Array, w: jax.Array, b: jax.Array, slope: float = 0.1, tile: int | None = None) -> jax.Array:
     """``max_pool_same(leaky_relu(conv3x3_same(x, w) + b, slope))``: x (N, H, W, C), w (3, 3, C, O), b (O,),
     float32, channels as :func:`supports`, slope > 0; the result is (N, ceil(H/2), ceil(W/2), O).
-    ``tile``: the Winograd output tile, 2 or 4 (default: :func:`winograd_tile`)."""
+    ``tile``: the Winograd output tile, 2 or 4 (default: :func:`winograd_tile` when evaluating,
+    :data:`TRAINING_TILE` under differentiation)."""
     _check(x, w, b, slope)
     _require()
     if _direct(x):
@@ -142,7 +153,7 @@ def _fwd(x, w, b, slope, tile):
         return p, (x, w, b, None)
     pooled = _pooled(x, w)
     p, mask = jax.ffi.ffi_call("fused_wino_fwd", (pooled, jax.ShapeDtypeStruct(pooled.shape, np.uint8)))(
-        x, w, b, slope=np.float32(slope), tile=_tile(x, tile))
+        x, w, b, slope=np.float32(slope), tile=_tile(x, tile, TRAINING_TILE))
     return p, (x, w, b, mask)
 
 
@@ -155,7 +166,7 @@ def _bwd(slope, tile, residuals, dp):
         dx = jax.ffi.ffi_call("fused_direct_bwd_x", _like(x, *x.shape))(x, w, b, dp, slope=slope)
         return dx, dw, db
     return jax.ffi.ffi_call("fused_wino_bwd", (_like(x, *x.shape), _like(x, *w.shape), _like(x, w.shape[-1])))(
-        x, w, mask, dp, slope=slope, tile=_tile(x, tile))
+        x, w, mask, dp, slope=slope, tile=_tile(x, tile, TRAINING_TILE))
 
 
 conv3x3_block.defvjp(_fwd, _bwd)

@@ -353,12 +353,11 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, in
 // A sixteenth of the full-size activation it replaces, which was written and read back through memory.
 constexpr int kPositive = 4;
 
-// Winograd correlation of x (N, H, W, C) with U; per output tile: with `act`, + bias and LeakyReLU,
-// p gets each pooling window's maximum and `mask` (if not null) its byte above; without `act`, y
-// gets the outputs.
+// Winograd correlation of x (N, H, W, C) with U, + bias and LeakyReLU per output tile: p gets each
+// pooling window's maximum and `mask` (if not null) its byte above.
 template <int m>
-void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope, bool act,
-                     const Geometry& g, int64_t C, int64_t O, float* y, float* p, uint8_t* mask) {
+void WinogradForward(const Parts& parts, const float* x, const float* U, const float* bias, float slope,
+                     const Geometry& g, int64_t C, int64_t O, float* p, uint8_t* mask) {
   using W = Winograd<m>;
   const float minus_inf = -__builtin_inff();
   parts.Run([&](int part) {
@@ -378,15 +377,6 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
           #pragma GCC unroll 36
           for (int e = 0; e < W::E; ++e) mv[e / W::a][e % W::a] = load(M + (e * W::kBlock + k) * O + o);
           Sandwich(Tile<m>::AT, mv, Tile<m>::AT, out);
-          if (!act) {
-            #pragma GCC unroll 36
-            for (int u = 0; u < m; ++u)
-              #pragma GCC unroll 36
-              for (int v = 0; v < m; ++v)
-                if (m * r + u < g.h && m * q + v < g.w)
-                  store(y + ((i * g.h + m * r + u) * g.w + m * q + v) * O + o, out[u][v]);
-            continue;
-          }
           const v16 bv = load(bias + o);
           #pragma GCC unroll 36
           for (int wr = 0; wr < m / 2; ++wr)
@@ -809,6 +799,8 @@ ffi::Error Check(const Buffer& x, const Buffer& w, float slope, bool winograd, D
   *d = Dims{xd[0], xd[1], xd[2], xd[3], wd[3]};
   if (d->o % 16 || (winograd && d->c % 16))
     return ffi::Error::InvalidArgument("fused conv: channels must be multiples of 16 (input channels too, Winograd)");
+  if (!winograd && d->c >= 16)  // the direct form's packed weights are sized for fewer
+    return ffi::Error::InvalidArgument("fused conv: the direct form takes fewer than 16 input channels");
   if (!(slope > 0.f)) return ffi::Error::InvalidArgument("fused conv: the LeakyReLU slope must be positive");
   return ffi::Error::Success();
 }
@@ -873,7 +865,7 @@ void Forward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* 
   const Parts parts(pool, kFine);
   float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
   WeightTransform<m>(parts, w, d.c, d.o, false, U);
-  WinogradForward<m>(parts, x, U, b, slope, true, Geometry(d.n, d.h, d.w, m), d.c, d.o, nullptr, p, mask);
+  WinogradForward<m>(parts, x, U, b, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, p, mask);
 }
 
 template <int m>
