@@ -13,7 +13,7 @@ two backward (``fused_conv.cc``):
 Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py); F(4x4)'s rounding
 error is about 1e-6 of an output's scale, ten times F(2x2)'s, and why training keeps F(2x2) is
 told at :data:`TRAINING_TILE`. The kernels run on XLA's own intra-op threads.
-Needs only g++ (the extension is compiled on first use, about 10 s,
+Needs only g++ (the extension is compiled on first use, about 12 s,
 into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
 False, :func:`unavailable_reason` says why and ``conv_impl="auto"`` falls back to oneDNN's extension
 where installed, else to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
