@@ -631,21 +631,28 @@ void ByChannels(const Direct& s, F&& body) {
   }
 }
 
+// body(Int<NV>, Int<kC>, packed, o, r, q) for every pooling window (r, q) and group of output
+// channels o..o+16 NV, the group's weights packed once
+template <typename F>
+void ByWindow(const float* w, const float* bias, const Direct& s, F&& body) {
+  alignas(64) float packed[(9 * 15 + 1) * 32];  // Pack's most: 15 input channels, 32 output channels
+  ByChannels(s, [&](auto nv, auto kc, int64_t o) {
+    Pack<decltype(nv)::value>(w, bias, s, o, packed);
+    for (int64_t r = 0; r < s.th; ++r)
+      for (int64_t q = 0; q < s.tw; ++q) body(nv, kc, packed, o, r, q);
+  });
+}
+
 // dpre of image i, (2 th) x (2 tw) x O (zero outside the image)
 void DirectImageGrad(const float* P, const float* w, const float* bias, const float* dp, float slope, const Direct& s,
                      int64_t i, float* D) {
-  alignas(64) float packed[(9 * 16 + 1) * 32];
-  ByChannels(s, [&](auto nv, auto kc, int64_t o) {
-    constexpr int NV = decltype(nv)::value, kC = decltype(kc)::value;
-    Pack<NV>(w, bias, s, o, packed);
-    for (int64_t r = 0; r < s.th; ++r)
-      for (int64_t q = 0; q < s.tw; ++q) {
-        v16 d[NV][2][2];
-        DirectWindowGrad<NV, kC>(P, packed, dp, slope, s, i, r, q, o, d);
-        for (int j = 0; j < NV; ++j)
-          for (int a = 0; a < 2; ++a)
-            for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o + 16 * j, d[j][a][b]);
-      }
+  ByWindow(w, bias, s, [&](auto nv, auto kc, const float* packed, int64_t o, int64_t r, int64_t q) {
+    constexpr int NV = decltype(nv)::value;
+    v16 d[NV][2][2];
+    DirectWindowGrad<NV, decltype(kc)::value>(P, packed, dp, slope, s, i, r, q, o, d);
+    for (int j = 0; j < NV; ++j)
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o + 16 * j, d[j][a][b]);
   });
 }
 
@@ -653,27 +660,22 @@ void DirectForward(const Parts& parts, const float* x, const float* w, const flo
                    const Direct& s, float* p) {
   parts.Run([&](int part) {
     float* P = Sized(Scratch(kImage), s.ph * s.pw * s.c);
-    alignas(64) float packed[(9 * 16 + 1) * 32];
     const auto [first, last] = parts.Range(N, part);
     for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
-      ByChannels(s, [&](auto nv, auto kc, int64_t o) {
-        constexpr int NV = decltype(nv)::value, kC = decltype(kc)::value;
-        Pack<NV>(w, bias, s, o, packed);
-        for (int64_t r = 0; r < s.th; ++r)
-          for (int64_t q = 0; q < s.tw; ++q) {
-            v16 pre[NV][2][2];
-            DirectWindow<NV, kC>(P, packed, s, r, q, pre);
-            // LeakyReLU is increasing: applied once, to the maximum of the pre-activations, it gives
-            // the maximum of the activations
-            const bool rows = 2 * r + 1 < s.h, cols = 2 * q + 1 < s.w;  // the window's second row, column
-            for (int j = 0; j < NV; ++j) {
-              v16 best = pre[j][0][0];
-              if (cols) best = vmax(best, pre[j][0][1]);
-              if (rows) best = vmax(best, cols ? vmax(pre[j][1][0], pre[j][1][1]) : pre[j][1][0]);
-              store(p + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j, leaky(best, slope));
-            }
-          }
+      ByWindow(w, bias, s, [&](auto nv, auto kc, const float* packed, int64_t o, int64_t r, int64_t q) {
+        constexpr int NV = decltype(nv)::value;
+        v16 pre[NV][2][2];
+        DirectWindow<NV, decltype(kc)::value>(P, packed, s, r, q, pre);
+        // LeakyReLU is increasing: applied once, to the maximum of the pre-activations, it gives the
+        // maximum of the activations
+        const bool rows = 2 * r + 1 < s.h, cols = 2 * q + 1 < s.w;  // the window's second row, column
+        for (int j = 0; j < NV; ++j) {
+          v16 best = pre[j][0][0];
+          if (cols) best = vmax(best, pre[j][0][1]);
+          if (rows) best = vmax(best, cols ? vmax(pre[j][1][0], pre[j][1][1]) : pre[j][1][0]);
+          store(p + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j, leaky(best, slope));
+        }
       });
     }
   });
