@@ -257,12 +257,12 @@ def test_fused_training_on_blank_bordered_images_matches_the_slices_network(batc
 
 
 @needs_fused
-@pytest.mark.parametrize("h, c, o", [(14, 32, 64), (7, 64, 128)])
-def test_fused_gradients_are_the_same_numbers_every_run(h, c, o):
+@pytest.mark.parametrize("h, c, o, tile", [(14, 32, 64, None), (7, 64, 128, 4)])
+def test_fused_gradients_are_the_same_numbers_every_run(h, c, o, tile):
     rng = np.random.default_rng(5)
     x, w, b = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in ((64, h, h, c), (3, 3, c, o), (o,)))
     dy = jnp.asarray(rng.normal(size=(64, -(-h // 2), -(-h // 2), o)).astype(np.float32))
-    grads = jax.jit(lambda x, w, b, dy: jax.vjp(lambda *a: fused.conv3x3_block(*a, 0.1), x, w, b)[1](dy))
+    grads = jax.jit(lambda x, w, b, dy: jax.vjp(lambda *a: fused.conv3x3_block(*a, 0.1, tile), x, w, b)[1](dy))
     first, second = grads(x, w, b, dy), grads(x, w, b, dy)
     for a, c in zip(first, second):
         np.testing.assert_array_equal(a, c)

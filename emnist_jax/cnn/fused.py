@@ -6,17 +6,17 @@ two backward (``fused_conv.cc``):
   full-size activation nor its gradient is written, the backward pass recomputes each window;
 - channels a multiple of 16 (conv2, conv3): Winograd, F(2x2, 3x3) in training (2.25x fewer
   multiplies than the direct form) and in evaluation F(4x4, 3x3) where the image side makes it pay
-  (conv2 and conv3: 4x fewer, less the padding to a multiple of 4), with bias, LeakyReLU and the pool applied to each output tile as it is made; what the
-  backward pass needs of the activation is kept as a byte per pooling window and channel (which
-  outputs are maxima, which pre-activations are >= 0), and the backward pass is the gradient of the
-  same algorithm, in one sweep.
+  (conv2 and conv3: 4x fewer, less the padding to a multiple of 4), with bias, LeakyReLU and the
+  pool applied to each output tile as it is made; what the backward pass needs of the activation is
+  kept as a byte per pooling window and channel (which outputs are maxima, which pre-activations
+  are >= 0), and the backward pass is the gradient of the same algorithm, in one sweep.
 Same numbers as the XLA forms to float rounding (tests/test_cnn_convolutions.py); F(4x4)'s rounding
 error is about 1e-6 of an output's scale, ten times F(2x2)'s, and why training keeps F(2x2) is
-told at :data:`TRAINING_TILE`. The kernels run on XLA's own intra-op threads.
-Needs only g++ (the extension is compiled on first use, about 12 s,
-into :func:`emnist_jax.cnn.native.cache_folder`); where it cannot be built, :func:`available` is
-False, :func:`unavailable_reason` says why and ``conv_impl="auto"`` falls back to oneDNN's extension
-where installed, else to the XLA forms. ``EMNIST_JAX_FUSED=0`` turns it off.
+told at :data:`TRAINING_TILE`. The kernels run on XLA's own intra-op threads. Needs only g++ (the
+extension is compiled on first use, about 12 s, into :func:`emnist_jax.cnn.native.cache_folder`);
+where it cannot be built, :func:`available` is False, :func:`unavailable_reason` says why and
+``conv_impl="auto"`` falls back to oneDNN's extension where installed, else to the XLA forms.
+``EMNIST_JAX_FUSED=0`` turns it off.
 """
 
 from __future__ import annotations
