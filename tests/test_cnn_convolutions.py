@@ -166,11 +166,10 @@ def test_extension_block_matches_xla_forward_and_gradients(module, n, h, wd, c, 
 
 @needs_fused
 @pytest.mark.parametrize("tile", [2, 4])
-@pytest.mark.parametrize("n, h, wd, c, o", [(2, 14, 14, 32, 64), (2, 7, 7, 64, 128), (3, 9, 5, 16, 32),
-                                            (2, 1, 7, 16, 16)])
+@pytest.mark.parametrize("n, h, wd, c, o", [(2, 7, 7, 64, 128), (3, 9, 5, 16, 32), (2, 1, 7, 16, 16)])
 def test_both_winograd_tiles_match_xla(tile, n, h, wd, c, o):
-    """F(2x2, 3x3) and F(4x4, 3x3), each on shapes the other would be chosen for, sides that are not
-    multiples of the tile and a one-pixel side."""
+    """F(2x2, 3x3) and F(4x4, 3x3) on conv3's shape, sides that are not multiples of the tile and a
+    one-pixel side (conv2's 14x14 runs F(2x2) in the block test above, F(4x4) in the evaluation test)."""
     assert_block_matches_xla(lambda x, w, b: fused.conv3x3_block(x, w, b, 0.1, tile), *block_case(n, h, wd, c, o))
 
 
