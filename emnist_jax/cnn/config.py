@@ -56,11 +56,11 @@ UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this b
 CPU_FUSED = BackendDefaults(
     "fused", 4, "scan", grad_chunk=0, source=
     "measured on the 2-core development machine, shared with other jobs, by benchmarks/side_by_side_cnn.py "
-    "(reports/performance/cpu.md; README, 'CNN throughput on a CPU'): fused K=4 scan trained 3,930 / 3,209 "
-    "images/s at batch 64 / 256 against 2,626 / 2,727 for K=1 unrolled, 2,120 / 3,801 for K=8 scan and "
-    "2,338 / 2,230 for onednn K=4 scan in the same run (the run 40 minutes before: 5,682 / 6,296 against "
-    "4,521 / 5,628 and 4,531 / 5,118), and 2.26x / 2.17x PyTorch eager in interleaved rounds; a scan of 4 "
-    "compiles in 1.2-2 s")
+    "(reports/performance/cpu.md; README, 'CNN throughput on a CPU'): fused K=4 scan trained 6,579 / 7,487 "
+    "images/s at batch 64 / 256 against 4,649 / 5,321 for K=1 unrolled, 5,863 / 5,796 for K=8 scan and "
+    "3,145 / 3,698 for onednn K=4 scan in the same run (the run 45 minutes before: 3,930 / 3,209 against "
+    "2,626 / 2,727 and 2,120 / 3,801), and 2.28x / 2.32x PyTorch eager in interleaved rounds; a scan of 4 "
+    "compiles in 1-2 s")
 
 #: The CPU's choice where the fused kernels cannot be built but oneDNN's convolution is installed
 #: (``pip install -e '.[onednn]'``); without either the CPU falls back to BACKEND_DEFAULTS["cpu"].
