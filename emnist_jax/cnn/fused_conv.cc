@@ -10,10 +10,11 @@
 //   fused_direct_bwd_w(x, w, b, dp; slope) -> (dw, db)
 //   fused_direct_bwd_x(x, w, b, dp; slope) -> dx          (XLA drops it where no one asks for it)
 //
-// conv2, conv3 (channels a multiple of 16: Winograd F(m x m, 3 x 3), m = 2 or 4 as fused.py chooses
-// per shape): an (m + 2)^2 input tile becomes an m x m output tile through (m + 2)^2 matrix products
-// over channels (2.25x or 4x fewer multiplies than the direct form), and an output tile is a whole
-// number of pooling windows, so bias, LeakyReLU and the pool are applied as each tile is produced.
+// conv2, conv3 (channels a multiple of 16: Winograd F(m x m, 3 x 3), m the `tile` attribute: fused.py
+// passes 2 in training and 4 in evaluation where it has fewer elements): an (m + 2)^2 input tile
+// becomes an m x m output tile through (m + 2)^2 matrix products over channels (2.25x or 4x fewer
+// multiplies than the direct form), and an output tile is a whole number of pooling windows, so bias,
+// LeakyReLU and the pool are applied as each tile is produced.
 // The backward pass is the gradient of the same Winograd algorithm, in one sweep: the pool/LeakyReLU
 // gradient per tile from the mask, then dW through the transposed transforms and dx through the
 // transposed products and input transform, added into the overlapping input tiles.
@@ -280,11 +281,12 @@ struct Winograd {
   static constexpr Matrix<3, a> GT = Transposed(T::G);
 };
 
+// of an image batch tiled for F(m x m, 3 x 3)
 struct Geometry {
-  int64_t n, h, w, m, th, tw, tiles, ph, pw;  // th x tw output tiles per image; ph x pw pooling windows
-  Geometry(int64_t n_, int64_t h_, int64_t w_, int64_t m_)
-      : n(n_), h(h_), w(w_), m(m_), th((h_ + m_ - 1) / m_), tw((w_ + m_ - 1) / m_), tiles(n_ * th * tw),
-        ph((h_ + 1) / 2), pw((w_ + 1) / 2) {}
+  int64_t n, h, w, th, tw, tiles, ph, pw;  // th x tw output tiles per image; ph x pw pooling windows
+  Geometry(int64_t n_, int64_t h_, int64_t w_, int64_t m)
+      : n(n_), h(h_), w(w_), th((h_ + m - 1) / m), tw((w_ + m - 1) / m), tiles(n_ * th * tw), ph((h_ + 1) / 2),
+        pw((w_ + 1) / 2) {}
   int64_t blocks(int64_t per_block) const { return (tiles + per_block - 1) / per_block; }
   // image, tile row, tile column of tile t
   void where(int64_t t, int64_t* i, int64_t* r, int64_t* q) const {

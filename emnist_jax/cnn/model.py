@@ -10,8 +10,9 @@ rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
 - ``"slices"``: each 3x3 convolution as 9 shifted slices concatenated and one matmul, whose
   weight gradient is a plain matmul; on XLA CPU it measured 1.2-1.8x faster than ``"xla"``;
 - ``"fused"`` (CPU, needs g++): our C++ kernels, one call per block forward and backward: a direct
-  convolution a pooling window at a time for conv1, Winograd F(4x4, 3x3) for conv2 and conv3, bias,
-  LeakyReLU and pool applied as each output tile is made (``emnist_jax.cnn.fused``);
+  convolution a pooling window at a time for conv1, Winograd for conv2 and conv3 (F(2x2, 3x3) in
+  training, F(4x4, 3x3) in evaluation), bias, LeakyReLU and pool applied as each output tile is made
+  (``emnist_jax.cnn.fused``);
   shapes it does not take (channels not multiples of 16) use the slices form;
 - ``"onednn"`` (CPU, optional extra): oneDNN's direct convolution with bias and LeakyReLU fused,
   the pooling and its backward in one C++ pass each, input and weight gradients each one oneDNN
