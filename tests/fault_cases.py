@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
+
+import pytest
+
+#: The neighbour on a shared machine: the user "nobody" (uid and gid 65534 on Debian and most Linux).
+NEIGHBOUR = 65534
 
 
 def snapshot(root: str | os.PathLike) -> dict[str, tuple[str, str]]:
@@ -46,3 +53,30 @@ def unchanged_except(before: dict, after: dict, allowed_new: tuple[str, ...] = (
     problems = [f"changed or removed: {p}" for p, v in before.items() if after.get(p) != v]
     problems += [f"new: {p}" for p in after if p not in before and not p.startswith(allowed_new)]
     return problems
+
+
+def as_neighbour(script: str, *args: str) -> str:
+    """Run the shell ``script`` (``args`` as $1, $2, ...) as another user, as a neighbour on a shared
+    machine would; returns its stdout. Skips the test where this process cannot act as another user
+    (it must be root, with util-linux's ``setpriv``)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("acting as another user needs root (setpriv to uid 65534)")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("acting as another user needs util-linux's setpriv")
+    done = subprocess.run([setpriv, f"--reuid={NEIGHBOUR}", f"--regid={NEIGHBOUR}", "--clear-groups", "--",
+                           "/bin/sh", "-c", script, "neighbour", *args],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, f"the neighbour's script failed: {done.stderr.strip()}"
+    return done.stdout
+
+
+def shared_folder(path: Path) -> Path:
+    """``path`` made as a shared folder anyone may write (mode 1777, like /tmp)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o1777)
+    for parent in path.parents:  # the neighbour must be able to reach it (pytest's tmp folders are 0700)
+        if parent == Path(parent.anchor) or stat.S_IMODE(parent.stat().st_mode) & 0o001:
+            break
+        os.chmod(parent, stat.S_IMODE(parent.stat().st_mode) | 0o711)
+    return path
