@@ -158,7 +158,7 @@ def test_backend_defaults_follow_the_recorded_measurements(monkeypatch):
     from emnist_jax.cnn import config
 
     monkeypatch.setattr(config, "onednn_available", lambda: False)   # the CPU without the oneDNN extra
-    monkeypatch.setattr(config, "fused_available", lambda: False)    # nor a C++ compiler
+    monkeypatch.setattr(config, "fused_not_default_reason", lambda: "no C++ compiler")   # nor the fused kernels
     gpu, cpu = TrainConfig().resolved("gpu"), TrainConfig().resolved("cpu")
     assert (gpu.conv_impl, gpu.steps_per_call, gpu.loop) == ("slices", 64, "scan")   # issue 12's H100 table
     assert (cpu.conv_impl, cpu.steps_per_call, cpu.loop) == ("slices", 4, "unroll")

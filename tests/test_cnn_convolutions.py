@@ -41,7 +41,7 @@ CHOICES = [("xla", 4), ("slices", 0), pytest.param("onednn", 0, marks=needs_oned
 
 @pytest.mark.parametrize("fused_builds, onednn_installed", [(False, False), (False, True), (True, False), (True, True)])
 def test_auto_takes_fused_then_onednn_on_the_cpu_only_where_they_run(monkeypatch, fused_builds, onednn_installed):
-    monkeypatch.setattr(config_module, "fused_available", lambda: fused_builds)
+    monkeypatch.setattr(config_module, "fused_not_default_reason", lambda: None if fused_builds else "cannot")
     monkeypatch.setattr(config_module, "onednn_available", lambda: onednn_installed)
     cpu = TrainConfig().resolved("cpu")
     expected = CPU_FUSED if fused_builds else CPU_ONEDNN if onednn_installed else BACKEND_DEFAULTS["cpu"]
@@ -97,7 +97,7 @@ def test_a_broken_source_is_a_one_line_error_and_leaves_nothing(tmp_path):
     source = tmp_path / "broken.cc"
     source.write_text("this is not C++\n")
     with pytest.raises(native.BuildError, match=f"compiling {source} failed: .*error") as e:
-        native.build(str(source), "broken", str(tmp_path / "cache"), native.FLAGS, [], [])
+        native.build(str(source), "broken", str(tmp_path / "cache"), native.flags("native"), [], [])
     assert "broken.cc:1:1: error:" in str(e.value)        # the first error, with its place
     assert list((tmp_path / "cache").iterdir()) == []
 

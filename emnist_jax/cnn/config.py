@@ -92,6 +92,31 @@ def fused_available() -> bool:
     return native_available("fused")
 
 
+def fused_not_default_reason() -> str | None:
+    """None where ``conv_impl="auto"`` takes our fused kernels on this CPU, else why not (imports JAX;
+    builds the extension on first call where its target was measured fast)."""
+    from emnist_jax.cnn import fused
+
+    return fused.not_default_reason()
+
+
+#: Why the CPU default is not the fused kernels, said once per process and reason
+_SAID: set[str] = set()
+
+
+def _say_fallback(reason: str, impl: str) -> None:
+    """One line when the fused kernels cannot be built or loaded, with the speed that costs (a target
+    they were not measured on, or a user's EMNIST_JAX_FUSED=0, is a choice, not a loss)."""
+    if reason in _SAID or reason.startswith(("turned off", "the build target")):
+        return
+    _SAID.add(reason)
+    import warnings
+
+    warnings.warn(f"the fused CPU kernels cannot be used ({reason}); the CNN trains with the {impl} form "
+                  "instead, about 2-3x slower on a CPU where they build (install g++, or set CXX)",
+                  RuntimeWarning, stacklevel=3)
+
+
 def available_conv_impls() -> tuple[str, ...]:
     """The convolution forms that can run in this installation (the CPU extensions only where they build)."""
     return tuple(c for c in CONV_IMPLS if c not in NATIVE or native_available(c))
@@ -193,7 +218,12 @@ class TrainConfig:
                 raise ConfigError("conv_impl", f"{self.conv_impl!r} cannot run here: {module.unavailable_reason()}")
             defaults = CPU_FUSED if self.conv_impl == "fused" else CPU_ONEDNN
         elif backend == "cpu" and self.conv_impl == "auto":
-            defaults = CPU_FUSED if fused_available() else CPU_ONEDNN if onednn_available() else defaults
+            reason = fused_not_default_reason()
+            if reason is None:
+                defaults = CPU_FUSED
+            else:
+                defaults = CPU_ONEDNN if onednn_available() else defaults
+                _say_fallback(reason, defaults.conv_impl)
         return dataclasses.replace(
             self,
             conv_impl=defaults.conv_impl if self.conv_impl == "auto" else self.conv_impl,

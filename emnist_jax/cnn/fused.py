@@ -44,7 +44,7 @@ def build(folder: str | None = None) -> str:
     if os.environ.get("EMNIST_JAX_FUSED", "1") == "0":
         raise FusedUnavailable("turned off by EMNIST_JAX_FUSED=0")
     try:
-        flags = [f for f in native.FLAGS if f != "-fopenmp"] + ["-pthread"]   # XLA's threads, not OpenMP's
+        flags = native.flags(native.march(), threads=True)   # XLA's threads, not OpenMP's
         return native.build(SOURCE, "fused_conv", folder or native.cache_folder(), flags, [], [])
     except native.BuildError as e:
         raise FusedUnavailable(str(e)) from None
@@ -70,6 +70,31 @@ def _require() -> None:
     reason = _load()
     if reason is not None:
         raise FusedUnavailable(reason)
+
+
+#: The instruction sets on which the kernels were measured faster than the fallback (the slices
+#: form): AVX-512 (reports/performance/cpu.md). Built for AVX2 (``-march=x86-64-v3``, same machine,
+#: 2026-12-02) they trained at 0.2x PyTorch eager, 4x slower than the slices form, so a build
+#: target without these is not the default; ``conv_impl="fused"`` still takes it.
+MEASURED_FAST_ON = {"__AVX512F__": "AVX-512"}
+
+
+def not_default_reason() -> str | None:
+    """None where ``conv_impl="auto"`` should take the fused kernels here: they are not turned off,
+    the build target has an instruction set they were measured fast on, and they build and load.
+    Otherwise why not, in one line. Asks the compiler for the target's instruction sets before
+    building anything, so an unmeasured target costs no build."""
+    if os.environ.get("EMNIST_JAX_FUSED", "1") == "0":
+        return "turned off by EMNIST_JAX_FUSED=0"
+    try:
+        target = native.march()
+        macros = native.predefined_macros(tuple(native.compiler()), target)
+    except native.BuildError as e:
+        return str(e)
+    if not macros & MEASURED_FAST_ON.keys():
+        return (f"the build target ({target}) has no {' or '.join(MEASURED_FAST_ON.values())}, where they were "
+                "measured slower than the slices form")
+    return unavailable_reason()
 
 
 def supports(channels: int, features: int) -> bool:

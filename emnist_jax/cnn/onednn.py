@@ -41,12 +41,12 @@ class OnednnUnavailable(RuntimeError):
 
 
 def _prefix() -> str:
-    return os.environ.get("EMNIST_JAX_ONEDNN_ROOT", sys.prefix)
+    return os.environ.get("EMNIST_JAX_ONEDNN_ROOT") or sys.prefix
 
 
 def cache_folder() -> str:
-    return os.environ.get("EMNIST_JAX_ONEDNN_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "emnist_jax", "onednn"))
+    return os.environ.get("EMNIST_JAX_ONEDNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                      "emnist_jax", "onednn")
 
 
 def build(folder: str | None = None) -> str:
@@ -65,7 +65,7 @@ def build(folder: str | None = None) -> str:
     # which the wheels put beside it without a RUNPATH of their own
     link = ["-L", lib, "-ldnnl", f"-Wl,--disable-new-dtags,-rpath,{lib}"]
     try:
-        return native.build(SOURCE, "onednn_conv", folder or cache_folder(), native.FLAGS,
+        return native.build(SOURCE, "onednn_conv", folder or cache_folder(), native.flags(native.march(), openmp=True),
                             [os.path.join(prefix, "include")], link, salt=release)
     except native.BuildError as e:
         raise OnednnUnavailable(str(e)) from None
