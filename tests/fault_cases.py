@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,9 @@ def as_neighbour(script: str, *args: str) -> str:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("acting as another user needs util-linux's setpriv")
+    for arg in args:
+        if os.path.isabs(arg):
+            _reachable(Path(arg).parent)
     done = subprocess.run([setpriv, f"--reuid={NEIGHBOUR}", f"--regid={NEIGHBOUR}", "--clear-groups", "--",
                            "/bin/sh", "-c", script, "neighbour", *args],
                           capture_output=True, text=True, timeout=60, cwd="/")
@@ -71,12 +75,23 @@ def as_neighbour(script: str, *args: str) -> str:
     return done.stdout
 
 
+def _reachable(folder: Path) -> None:
+    """Let others pass through the folders from the temporary folder down to ``folder`` (pytest makes
+    them 0700, and resets its own root to 0700 whenever another pytest session starts)."""
+    top = Path(tempfile.gettempdir()).resolve()
+    folder = folder.resolve()
+    if top not in folder.parents and folder != top:
+        return
+    for path in (folder, *folder.parents):
+        if path == top:
+            break
+        if path.is_dir() and path.stat().st_uid == os.geteuid():
+            os.chmod(path, stat.S_IMODE(path.stat().st_mode) | 0o011)
+
+
 def shared_folder(path: Path) -> Path:
     """``path`` made as a shared folder anyone may write (mode 1777, like /tmp)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o1777)
-    for parent in path.parents:  # the neighbour must be able to reach it (pytest's tmp folders are 0700)
-        if parent == Path(parent.anchor) or stat.S_IMODE(parent.stat().st_mode) & 0o001:
-            break
-        os.chmod(parent, stat.S_IMODE(parent.stat().st_mode) | 0o711)
+    _reachable(path.parent)
     return path

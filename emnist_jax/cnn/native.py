@@ -295,6 +295,7 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
         status, _, err = done
         if status != 0:
             raise BuildError(f"compiling {source} failed: {command[0]} {_failure(status, err)}")
+        os.chmod(tmp, 0o700)   # the compiler's file follows the umask, which may let others write it
         fd = open_trusted(tmp)
         try:
             digest = _digest(fd)
