@@ -99,12 +99,8 @@ def _open(path: str | os.PathLike, flags: int, mode: int = 0o600) -> int:
         raise
 
 
-def open_trusted(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
-    """A file descriptor of the regular file ``path``, opened without following a link; raises
-    :class:`UntrustedPath` when the file is another user's, writable by group or others, or not a
-    regular file (the checks are made on the open file, so it cannot be swapped in between), and
-    FileNotFoundError when it does not exist."""
-    fd = _open(path, flags)
+def _checked(fd: int, path: str | os.PathLike) -> int:
+    """``fd`` if the file it holds open is a trusted regular file; else closed, and UntrustedPath."""
     try:
         info = os.fstat(fd)
         reason = untrusted_reason(info, "file") or (None if stat.S_ISREG(info.st_mode) else "is not a regular file")
@@ -114,6 +110,14 @@ def open_trusted(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_trusted(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
+    """A file descriptor of the regular file ``path``, opened without following a link; raises
+    :class:`UntrustedPath` when the file is another user's, writable by group or others, or not a
+    regular file (the checks are made on the open file, so it cannot be swapped in between), and
+    FileNotFoundError when it does not exist."""
+    return _checked(_open(path, flags), path)
 
 
 def read_trusted(path: str | os.PathLike) -> bytes:
@@ -132,13 +136,4 @@ def open_lock(path: str | os.PathLike):
     """The lock file ``path`` opened for reading and writing (created 0600 if missing), never through
     a link and only if it is this user's own regular file; raises :class:`UntrustedPath` otherwise.
     Returns a text file object for ``fcntl.flock``."""
-    fd = _open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        info = os.fstat(fd)
-        reason = untrusted_reason(info, "file") or (None if stat.S_ISREG(info.st_mode) else "is not a regular file")
-        if reason:
-            raise UntrustedPath(path, reason)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "r+")
+    return os.fdopen(_checked(_open(path, os.O_RDWR | os.O_CREAT, 0o600), path), "r+")
