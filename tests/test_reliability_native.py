@@ -9,6 +9,7 @@ a constructor that writes a file, so loading it would show.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import stat
@@ -60,10 +61,8 @@ def answer(path: str) -> int | str:
     fd = native.verified_open(path)
     if fd is None:
         return "refused"
-    try:
-        return native._open_library(path, fd).probe_answer()
-    finally:
-        os.close(fd)
+    os.close(fd)
+    return ctypes.CDLL(path).probe_answer()
 
 
 def planted_library(env: dict) -> Path:

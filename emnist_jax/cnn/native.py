@@ -6,7 +6,7 @@ carries a hash of the source, the compile command, the compiler's and JAX's vers
 processor's model and instruction sets, so a changed source, compiler, target, JAX or machine builds
 anew. The library is written under a temporary name and renamed, so a reader never sees half a
 file, and its SHA-256 is recorded beside it: a library is loaded only when its digest matches (a
-damaged or replaced file is rebuilt, never loaded), from a file opened without following links.
+damaged or replaced file is rebuilt, never loaded), checked on a file opened without following links.
 
 The cache folder, ``$EMNIST_JAX_NATIVE_CACHE`` (default ``~/.cache/emnist_jax/native``), is
 created private (0700); one that another user owns or that others may write is not trusted: the
@@ -94,7 +94,8 @@ def target_flags(target: str) -> list[str]:
 def flags(target: str, openmp: bool = False, threads: bool = False) -> list[str]:
     """The compile command's flags, per OS: ``-fopenmp`` only where the source uses OpenMP."""
     shared = ["-dynamiclib"] if sys.platform == "darwin" else ["-shared"]
-    return ["-O3", *target_flags(target), "-std=c++17", *shared, "-fPIC", "-w",
+    # Warnings on, for our sources only: the headers of XLA and oneDNN come in as system headers.
+    return ["-O3", *target_flags(target), "-std=c++17", *shared, "-fPIC", "-Wall", "-Wextra", "-Wno-psabi",
             *(["-fopenmp"] if openmp else []), *(["-pthread"] if threads and sys.platform != "darwin" else [])]
 
 
@@ -288,7 +289,7 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
           f"({' '.join(f for f in flags if f.startswith(('-march', '-mcpu')))}; once, about 10-60 s) ...",
           file=sys.stderr, flush=True)
     try:
-        done = _run([*command, *flags, *(f"-I{d}" for d in includes), source, *link, "-o", tmp], COMPILE_TIMEOUT_S)
+        done = _run([*command, *flags, *(f for d in includes for f in ("-isystem", d)), source, *link, "-o", tmp], COMPILE_TIMEOUT_S)
         if done is None:
             raise BuildError(f"compiling {source} failed: {command[0]} took over "
                              f"{COMPILE_TIMEOUT_S} s and was stopped")
@@ -316,13 +317,6 @@ def build(source: str, name: str, folder: str, flags: list[str], include: list[s
                 os.unlink(leftover)
 
 
-def _open_library(path: str, fd: int) -> ctypes.CDLL:
-    """Load the verified open file itself (on Linux through /proc/self/fd: what was checked is what
-    is loaded, whatever happens to the name meanwhile)."""
-    proc = f"/proc/self/fd/{fd}"
-    return ctypes.CDLL(proc if os.path.exists(proc) else path)
-
-
 def load(build: Callable[[], str], targets: dict[str, str], unavailable: type[Exception], what: str) -> str | None:
     """Build the extension, load it (only if its digest is the recorded one) and register its FFI
     targets (CPU); None on success, else why not in one line. ``unavailable``: the error ``build``
@@ -333,16 +327,18 @@ def load(build: Callable[[], str], targets: dict[str, str], unavailable: type[Ex
         return str(e)
     except Exception as e:  # any surprise in building: fall back, never break training
         return f"building {what} failed: {type(e).__name__}: {e}"
+    # Verified, then loaded by name: the folder is this user's own and no one else can write it, so
+    # the file cannot be swapped in between (/proc/self/fd/N would not do: the loader takes a name it
+    # has loaded before for the same library).
     fd = verified_open(path)
     if fd is None:
         return f"loading {what} from {path} refused: it is not the library that was built there"
+    os.close(fd)
     try:
-        library = _open_library(path, fd)
+        library = ctypes.CDLL(path)
         capsules = {target: jax.ffi.pycapsule(getattr(library, symbol)) for target, symbol in targets.items()}
         for target, capsule in capsules.items():
             jax.ffi.register_ffi_target(target, capsule, platform="cpu")
     except Exception as e:   # not the library we build (a missing symbol), or one that cannot load here
         return f"loading {what} from {path} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    finally:
-        os.close(fd)
     return None
