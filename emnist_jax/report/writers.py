@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from emnist_jax.report.output import write_text_atomic
+from emnist_jax.report.schema import LIBRARIES
 
 
 def fmt(value: Any) -> str:
@@ -35,7 +36,7 @@ def environment() -> dict:
     import jax
 
     versions = {}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "scikit-learn", "matplotlib", "orbax-checkpoint"):
+    for name in LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
