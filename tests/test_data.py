@@ -1,4 +1,5 @@
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -282,6 +283,25 @@ def test_corrupt_cache_entry_is_rebuilt_not_used(tmp_path):
     entry.write_bytes(bytes(raw))
     assert_same(load(path), data, "mnist")
     assert data_cache.read(data_cache.fingerprint([str(path)], "mnist")) is not None  # rebuilt
+
+
+def test_cache_folders_and_entries_are_private_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMNIST_JAX_CACHE", str(tmp_path / "made" / "cache"))
+    path = ol.write_mat(tmp_path / "emnist-mnist.mat", ol.make_split("mnist"))
+    old = os.umask(0)
+    try:
+        load(path)
+    finally:
+        os.umask(old)
+    (entry,) = (tmp_path / "made" / "cache").glob("arrays-*.npz")
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "made", tmp_path / "made" / "cache", entry)]
+    assert modes == [0o700, 0o700, 0o600]
+
+
+def test_an_empty_cache_variable_means_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EMNIST_JAX_CACHE", "")
+    assert data_cache.cache_dir() == tmp_path / ".cache" / "emnist_jax"
 
 
 # ---- memory --------------------------------------------------------------------------------------

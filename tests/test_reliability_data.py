@@ -17,6 +17,10 @@ Permission errors: tests run as root here, and root ignores file modes, so a per
 is made by having ``open``/``os.open``/``os.listdir``/``os.mkdir``/``os.unlink`` raise the
 error for that one path (these cases always run); the two cases that chmod for real are
 skipped when running as root. Disk-full and Ctrl-C faults wrap the file we write into.
+
+A shared machine: the cache cases with another user's files plant them as that user (uid 65534,
+``fault_cases.as_neighbour``) or give them to that user with ``chown``; both need root and skip
+otherwise. A forged entry shifts every label, so reading it would show in the loaded data.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import official_layout as ol
 from emnist_jax import synthetic
 from emnist_jax.data import CacheWarning, EmnistDataError, cache, download, load, loading, official
 from emnist_jax.data.__main__ import main
-from fault_cases import snapshot, unchanged_except
+from fault_cases import NEIGHBOUR, as_neighbour, shared_folder, snapshot, unchanged_except
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 DATA = ol.make_split("mnist")  # 40 + 12 images, every class present
@@ -357,6 +361,45 @@ def entry_loop(tmp, source, f):
     loop(cache.cache_dir(), entry_path(source).name)
 
 
+def forged_entry(source, path):
+    """A well-formed entry for ``source`` whose every label is shifted by one class: read, it would
+    silently change the data."""
+    load(source)  # a true entry in the test's own cache, to copy from
+    with np.load(entry_path(source)) as entry:
+        arrays = {k: entry[k] for k in entry.files}
+    for part in ("train", "test"):
+        arrays[f"{part}_labels"] = (arrays[f"{part}_labels"] + 1) % len(arrays["classes"])
+    np.savez(path, **arrays)
+    os.chmod(path, 0o644)
+    return path
+
+
+def neighbour_plants_entry(tmp, source, f):
+    """Another user plants a forged entry under the expected name in a shared cache folder."""
+    forged = forged_entry(source, tmp / "forged.npz")
+    f.setenv("EMNIST_JAX_CACHE", shared_folder(tmp / "shared-cache"))
+    as_neighbour('cp "$1" "$2"', str(forged), str(entry_path(source)))
+    assert entry_path(source).stat().st_uid == NEIGHBOUR
+
+
+def entry_of_another_user(tmp, source, f):
+    if not ROOT:
+        pytest.skip("giving a file to another user needs root")
+    forged_entry(source, entry_path(source))
+    os.chown(entry_path(source), NEIGHBOUR, NEIGHBOUR)
+
+
+def entry_linked_to_a_forgery(tmp, source, f):
+    forged = forged_entry(source, tmp / "forged.npz")
+    entry_path(source).unlink()
+    os.symlink(forged, entry_path(source))
+
+
+def group_writable_folder_with_forgery(tmp, source, f):
+    forged_entry(source, entry_path(source))
+    os.chmod(cache.cache_dir(), 0o775)
+
+
 CACHE_CASES = [
     # id, make the fault (tmp, source, faults), warning fragment (None: no warning), names that may change
     ("entry-is-a-folder (traceback before)", lambda t, s, f: entry_path(s).mkdir(parents=True),
@@ -377,6 +420,15 @@ CACHE_CASES = [
     ("entry-truncated (rebuilt)", corrupt_entry, None, ("arrays-",)),
     ("entry-with-float-images (rebuilt, not used)", tampered_entry, None, ("arrays-",)),
     ("stale-temporary-of-a-killed-run (removed)", stale_temporaries, None, (".arrays-old", "arrays-")),
+    # a shared machine: an entry anyone could have written is never read, and never deleted
+    ("shared-cache-folder-with-an-entry-planted-by-another-user", neighbour_plants_entry,
+     "{tmp}/shared-cache: is writable by others (mode 1777); not trusted", ()),
+    ("entry-owned-by-another-user", entry_of_another_user,
+     "arrays-{key}.npz: is owned by another user (uid 65534); not trusted", ()),
+    ("entry-is-a-link-to-a-forged-file", entry_linked_to_a_forgery, "arrays-{key}.npz: is a symbolic link; not followed",
+     ()),
+    ("own-cache-folder-group-writable", group_writable_folder_with_forgery,
+     "{cache}: is writable by its group (mode 0775); not trusted", ()),
 ]
 
 
@@ -392,6 +444,7 @@ def test_cache_fault_never_fails_load(tmp_path, faults, name, make, fragment, ma
         dataset = load(source)
     assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
     np.testing.assert_array_equal(dataset.train_images, DATA["train_images"])
+    np.testing.assert_array_equal(np.asarray(dataset.file_labels)[dataset.train_labels], DATA["train_labels"])
     np.testing.assert_array_equal(np.asarray(dataset.file_labels)[dataset.test_labels], DATA["test_labels"])
     messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
     if fragment is None:
@@ -436,6 +489,37 @@ def default_file_corrupt(tmp, f):
     path.write_bytes(path.read_bytes()[:1000])
 
 
+def default_name():
+    return f"synthetic-v{synthetic.GENERATOR_VERSION}-seed0-{SMALL_DEFAULT[0]}x{SMALL_DEFAULT[1]}.mat"
+
+
+def forged_default(path):
+    """A valid .mat under the default's name whose labels are all 0: read, it would change the data."""
+    data = ol.make_split("byclass", *SMALL_DEFAULT)
+    data["train_labels"][:], data["test_labels"][:] = 0, 0
+    ol.write_mat(path, data)
+    os.chmod(path, 0o644)
+    return path
+
+
+def default_planted_by_another_user(tmp, f):
+    forged = forged_default(tmp / "forged.mat")
+    folder = shared_folder(tmp / "cache")
+    as_neighbour('cp "$1" "$2"', str(forged), str(folder / default_name()))
+
+
+def default_of_another_user(tmp, f):
+    if not ROOT:
+        pytest.skip("giving a file to another user needs root")
+    cache.cache_dir().mkdir(mode=0o700)
+    os.chown(forged_default(cache.cache_dir() / default_name()), NEIGHBOUR, NEIGHBOUR)
+
+
+def default_linked_to_a_forgery(tmp, f):
+    cache.cache_dir().mkdir(mode=0o700)
+    os.symlink(forged_default(tmp / "forged.mat"), cache.cache_dir() / default_name())
+
+
 DEFAULT_CASES = [
     # id, fault (tmp, faults), warning fragment, times generated, whether the cached file ends up good
     ("cache-is-a-file (traceback before)", default_cache_is_a_file,
@@ -443,6 +527,12 @@ DEFAULT_CASES = [
     ("read-only-cache (traceback after generating before)", default_read_only, "cache: permission denied; the embedded "
      "default data set is generated in memory", 1, False),
     ("cached-file-damaged (failed every run before)", default_file_corrupt, "generating the embedded default again", 2, True),
+    ("shared-cache-folder-with-a-file-planted-by-another-user", default_planted_by_another_user,
+     "cache: is writable by others (mode 1777); not trusted", 1, False),
+    ("cached-file-owned-by-another-user", default_of_another_user,
+     "cannot use the embedded default data set: {cache}/{name}: is owned by another user (uid 65534)", 1, False),
+    ("cached-file-is-a-link-to-a-forged-file", default_linked_to_a_forgery,
+     "cannot use the embedded default data set: {cache}/{name}: is a symbolic link; not followed", 1, False),
 ]
 
 
@@ -456,7 +546,7 @@ def test_default_with_a_cache_fault_still_loads(tmp_path, faults, monkeypatch, s
         dataset = load("default")
     assert dataset.source == "default" and dataset.synthetic and dataset.train_images.shape == (124, 28, 28)
     assert set(dataset.class_counts("train")) == {2}
-    assert len(caught) == 1 and fragment in str(caught[0].message)
+    assert len(caught) == 1 and fragment.format(cache=cache.cache_dir(), name=default_name()) in str(caught[0].message)
     assert len(small_default) == generated
     assert "generating the embedded default data set (124 + 62 images" in capsys.readouterr().err
     problems = unchanged_except(before, snapshot(tmp_path), allowed_new=("cache/arrays-",))

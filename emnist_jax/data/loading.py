@@ -34,6 +34,7 @@ from emnist_jax.data.formats import (EmnistDataError, Mapping, RawSplit, check_p
                                      open_idx, os_reason, read_idx, read_mapping_text, read_mat, reading,
                                      save_mat, upright)
 from emnist_jax.data.official import SPLITS
+from emnist_jax.private import UntrustedPath, open_trusted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +99,37 @@ def default_file(seed: int = 0, size: tuple[int, int] | None = None) -> Path:
     """The embedded default data set as an official-layout ``.mat`` in the cache (made once).
 
     ``size`` is (train, test), :data:`DEFAULT_SIZE` when None. Raises EmnistDataError (one line)
-    when the cache folder cannot hold it; ``load("default")`` then generates it in memory.
+    when the cache folder cannot hold it, or when the folder or a file already under that name
+    cannot be trusted (another user's, writable by group or others, a link: see
+    :mod:`emnist_jax.private`); ``load("default")`` then generates it in memory.
     """
     size = tuple(size or DEFAULT_SIZE)
-    folder = cache.cache_dir()
-    path = folder / f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
-    if path.is_file():
+    name = f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
+    try:
+        folder = cache.trusted_folder(create=True)
+    except cache.CacheUnusable as problem:
+        raise EmnistDataError(f"cannot store the embedded default data set: {problem}") from None
+    path = folder / name
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise EmnistDataError(f"cannot store the embedded default data set: {path}: is a folder, not a file")
+        os.close(open_trusted(path))  # the folder is private: nobody else can swap the file afterwards
         return path
+    except FileNotFoundError:
+        pass
+    except UntrustedPath as problem:
+        raise EmnistDataError(f"cannot use the embedded default data set: {cache.untrusted(problem)}") from None
+    except OSError as error:
+        raise EmnistDataError(f"cannot use the embedded default data set: {path}: {os_reason(error)}") from None
     tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         # The temporary file first: an unwritable folder is found before ~20 s of generating.
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as f:
             save_mat(f, _default_contents(seed, size, f"once, into {path}"))
         os.replace(tmp, path)
     except OSError as error:
-        if folder.exists() and not folder.is_dir():
-            where, reason = folder, "is a file, not a folder"
-        else:
-            where, reason = (path if path.exists() else folder), os_reason(error)
+        where, reason = (path if os.path.lexists(path) else folder), os_reason(error)
         if path.is_dir():
             reason = "is a folder, not a file"
         raise EmnistDataError(f"cannot store the embedded default data set: {where}: {reason}") from None
