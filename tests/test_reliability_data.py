@@ -29,6 +29,7 @@ import builtins
 import errno
 import hashlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -729,6 +730,65 @@ def out_disk_full(tmp, f, monkeypatch):
     return cli_mat(tmp, f)
 
 
+def users_pictures(tmp, f, *extra):
+    """--out names a folder of the user's own: their samples.png, and ``extra`` entries."""
+    pictures = tmp / "Pictures"
+    pictures.mkdir()
+    (pictures / "samples.png").write_bytes(b"my holiday photo")
+    for name in extra:
+        (pictures / name).mkdir()
+    return ["info", "--data", str(mat(tmp)), "--out", str(pictures)]
+
+
+def marker_text(made_by="python -m emnist_jax.data info", files=("class_distribution.png", "samples.png")):
+    """A finished output's marker, as ``made_by`` writes it."""
+    return json.dumps({"schema": "emnist_jax.report/1", "state": "complete", "made_by": made_by, "host": "h",
+                       "pid": 1, "files": list(files)})
+
+
+def earlier_output(tmp, made_by="python -m emnist_jax.data info"):
+    """An --out folder as an earlier run of ``made_by`` left it."""
+    out = tmp / "out"
+    out.mkdir()
+    for name in ("samples.png", "class_distribution.png"):
+        (out / name).write_bytes(b"an earlier figure")
+    (out / ".emnist_jax_report").write_text(marker_text(made_by))
+    return out
+
+
+def second_figure_fails(tmp, f, monkeypatch):
+    earlier_output(tmp)
+    from emnist_jax import plots
+
+    real, calls = plots.save, []
+
+    def save(fig, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fig, path)
+    monkeypatch.setattr(plots, "save", save)
+    return cli_mat(tmp, f)
+
+
+def out_of_another_user(tmp, f):
+    """In a shared folder, another user prepares --out with a marker that claims this command made it."""
+    shared = shared_folder(tmp / "shared")
+    marker = marker_text(files=["samples.png"])
+    as_neighbour('mkdir "$1/out" && printf %s "$2" > "$1/out/.emnist_jax_report" && echo theirs > "$1/out/samples.png"',
+                 str(shared), marker)
+    return ["info", "--data", str(mat(tmp)), "--out", str(shared / "out")]
+
+
+def marker_is_a_link(tmp, f):
+    out = tmp / "out"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"my own file")
+    (tmp / ".emnist_jax_report").write_text(marker_text(files=["samples.png"]))  # a marker elsewhere, linked in
+    os.symlink(tmp / ".emnist_jax_report", out / ".emnist_jax_report")
+    return cli_mat(tmp, f)
+
+
 def interrupted(tmp, f, monkeypatch):
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -753,11 +813,30 @@ CLI_CASES = [
      "symbolic link loop"),
     ("info-permission-denied (misleading before)", lambda t, f, m, s: denied_source(t, f), 2,
      "emnist-mnist.mat: permission denied"),
-    ("info-out-is-a-file (traceback before)", lambda t, f, m, s: out_is_a_file(t, f), 2, "--out is a file, not a folder"),
-    ("info-out-unwritable (traceback before)", lambda t, f, m, s: f.deny(t / "out", calls=("mkdir",)) or cli_mat(t, f),
-     2, "cannot create the --out folder: permission denied"),
+    ("info-out-is-a-file (traceback before)", lambda t, f, m, s: out_is_a_file(t, f), 2,
+     "out: is a file, not a figure set folder; choose another name"),
+    ("info-out-unwritable (traceback before)", lambda t, f, m, s: f.deny(t, calls=("mkdir",)) or cli_mat(t, f),
+     2, "out: cannot write in {tmp}: Permission denied"),
     ("info-out-disk-full (traceback before)", lambda t, f, m, s: out_disk_full(t, f, m), 2,
      "cannot write the figures: no space left on device"),
+    ("info-out-folder-of-user-files", lambda t, f, m, s: users_pictures(t, f), 2,
+     "Pictures: exists and is not a figure set made by this command (it holds 'samples.png'); the figure set "
+     "replaces only a folder it made itself"),
+    ("info-out-user-file-and-a-folder-named-like-a-figure", lambda t, f, m, s: users_pictures(
+        t, f, "class_distribution.png"), 2, "exists and is not a figure set made by this command (it holds "
+     "'class_distribution.png' and 1 more)"),
+    ("info-out-made-by-the-report", lambda t, f, m, s: earlier_output(t, "python -m emnist_jax.report") and
+     cli_mat(t, f), 2, "out: was made by python -m emnist_jax.report, not by this command"),
+    ("info-out-own-output-plus-a-user-file", lambda t, f, m, s: (earlier_output(t) / "notes.txt").write_text("x") and
+     cli_mat(t, f), 2, "out: holds 'notes.txt', which the figure set did not write"),
+    ("info-out-second-figure-fails-earlier-output-kept", lambda t, f, m, s: second_figure_fails(t, f, m), 2,
+     "out: cannot write the figures: no space left on device"),
+    ("info-out-is-the-current-folder", lambda t, f, m, s: ["info", "--data", str(mat(t)), "--out", "."], 2,
+     "--out .: is the current folder or contains it"),
+    ("info-out-folder-of-another-user-with-a-forged-marker", lambda t, f, m, s: out_of_another_user(t, f), 2,
+     "shared/out: is owned by another user (uid 65534); the figure set replaces only a folder it made itself"),
+    ("info-out-marker-is-a-link", lambda t, f, m, s: marker_is_a_link(t, f), 2,
+     "out: .emnist_jax_report is a symbolic link; not followed"),
     ("info-unknown-split", lambda t, f, m, s: ["info", "--split", "bogus"], 2, "invalid choice: 'bogus'"),
     ("info-interrupted (traceback before)", lambda t, f, m, s: interrupted(t, f, m), 130, "interrupted"),
     ("info-class-missing-in-train", lambda t, f, m, s: without_class_3(t, f), 0, ""),
@@ -792,7 +871,7 @@ def test_command_line_fault(tmp_path, faults, monkeypatch, server, capsys, name,
         status = stop.code
     out, err = capsys.readouterr()
     assert status == code, err
-    assert fragment in err
+    assert fragment.format(tmp=tmp_path) in err
     if code == 0:
         assert "nan" not in out and (err == "" or err.startswith("warning: ")) and err.count("\n") <= 1
     elif fragment.startswith("invalid choice"):  # argparse: its usage, then one error line
