@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import builtins
 import errno
+import gzip
 import hashlib
 import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 
 import official_layout as ol
 from emnist_jax import synthetic
@@ -213,6 +216,67 @@ def chmod(path, mode):
     return path
 
 
+def idx_claiming(src, count, compress=True):
+    """An IDX folder whose training images' header claims ``count`` images."""
+    folder = ol.write_idx_folder(src / "idx", "mnist", DATA, compress=False)
+    path = folder / "emnist-mnist-train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:4] + struct.pack(">i", count) + path.read_bytes()[8:])
+    for plain in folder.glob("*-ubyte") if compress else ():
+        (folder / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+        plain.unlink()
+    return folder
+
+
+def gzip_zip(src, members=None):
+    """gzip.zip as NIST packs it: the members in a folder gzip/."""
+    members = ol.idx_members("mnist", DATA) if members is None else members
+    return ol.write_zip(src / "gzip.zip", {f"gzip/{n}": b for n, b in members.items()})
+
+
+def claiming_member(count):
+    raw = ol.idx_bytes(DATA["train_images"])
+    members = ol.idx_members("mnist", DATA)
+    members["emnist-mnist-train-images-idx3-ubyte.gz"] = gzip.compress(raw[:4] + struct.pack(">i", count) + raw[8:])
+    return members
+
+
+def matlab_zip(src, members, **headers):
+    data = ol.write_zip_bytes(members)
+    return written(src / "matlab.zip", ol.zip_with_headers(data, **headers) if headers else data)
+
+
+def mapping_of(*rows, size=10):
+    """The digits mapping with ``rows`` replacing its last rows."""
+    mapping = [list(r) for r in ol.mapping_rows("mnist")][:size - len(rows)] + [list(r) for r in rows]
+    return {"mapping": np.array(mapping, float)}
+
+
+def idx_mapping_text(src, text: bytes):
+    folder = idx_folder(src)
+    (folder / "emnist-mnist-mapping.txt").write_bytes(text)
+    return folder
+
+
+def both_gz_and_plain(src):
+    folder = idx_folder(src)
+    plain = ol.idx_members("mnist", DATA, compress=False)["emnist-mnist-test-labels-idx1-ubyte"]
+    (folder / "emnist-mnist-test-labels-idx1-ubyte").write_bytes(plain)
+    return folder
+
+
+def two_dataset_structs(src):
+    one = {"train": {"images": ROWS, "labels": DATA["train_labels"].reshape(-1, 1)},
+           "test": {"images": ol.transposed_rows(DATA["test_images"]), "labels": DATA["test_labels"].reshape(-1, 1)},
+           "mapping": np.array(DATA["mapping"], float)}
+    structs = np.empty((1, 2), dtype=[("train", "O"), ("test", "O"), ("mapping", "O")])
+    for i in range(2):
+        structs[0, i] = (one["train"], one["test"], one["mapping"])
+    scipy.io.savemat(src / "emnist-mnist.mat", {"dataset": structs})
+    return src / "emnist-mnist.mat"
+
+
+MAT_MEMBER = {"matlab/emnist-mnist.mat": ol.mat_bytes(DATA)}
+
 LOAD_CASES = [
     # id, make the source (src folder, faults) -> path, message fragment ({src}: the source folder)
     ("images-float64-to-434 (silent before)", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 5, 434, float)}),
@@ -270,6 +334,63 @@ LOAD_CASES = [
      "{src}/idx: permission denied"),
     ("mat-input-output-error (misleading before)", lambda s, f: f.deny(mat(s), code=errno.EIO) or s / "emnist-mnist.mat",
      "{src}/emnist-mnist.mat: input/output error"),
+    # headers that claim more than the file holds: refused before anything is allocated
+    ("idx-header-claims-2**31-1-images", lambda s, f: idx_claiming(s, 2**31 - 1, compress=False),
+     "{src}/idx/emnist-mnist-train-images-idx3-ubyte: header says 2,147,483,647 items but the payload ends after 40 "
+     "(a file of 31,376 bytes)"),
+    ("idx-gz-header-claims-2**31-1-images", lambda s, f: idx_claiming(s, 2**31 - 1),
+     "{src}/idx/emnist-mnist-train-images-idx3-ubyte.gz: header claims 2,147,483,647 images (1.5 TiB), more than a"),
+    ("gzip-zip-member-claims-2**31-1-images", lambda s, f: gzip_zip(s, claiming_member(2**31 - 1)),
+     "{src}/gzip.zip:gzip/emnist-mnist-train-images-idx3-ubyte.gz: header claims 2,147,483,647 images (1.5 TiB)"),
+    # archives that cannot be read whole, or are ambiguous
+    ("matlab-zip-encrypted", lambda s, f: matlab_zip(s, MAT_MEMBER, flags=1),
+     "{src}/matlab.zip:matlab/emnist-mnist.mat: is encrypted; the official archives are not"),
+    ("gzip-zip-encrypted", lambda s, f: written(s / "gzip.zip", ol.zip_with_headers(
+        gzip_zip(s).read_bytes(), flags=1)),
+     "{src}/gzip.zip:gzip/emnist-mnist-train-images-idx3-ubyte.gz: is encrypted"),
+    ("zip-unreadable-compression-method", lambda s, f: matlab_zip(s, MAT_MEMBER, method=9),
+     "matlab.zip:matlab/emnist-mnist.mat: compressed with method 9, which cannot be read"),
+    ("zip-same-file-in-two-folders", lambda s, f: matlab_zip(s, {**MAT_MEMBER, "other/emnist-mnist.mat": MAT}),
+     "{src}/matlab.zip: archive holds emnist-mnist.mat twice ('matlab/emnist-mnist.mat' and 'other/emnist-mnist.mat')"),
+    ("zip-same-name-twice", lambda s, f: matlab_zip(s, [*MAT_MEMBER.items(), *MAT_MEMBER.items()]),
+     "archive holds emnist-mnist.mat twice ('matlab/emnist-mnist.mat' and 'matlab/emnist-mnist.mat')"),
+    ("zip-member-climbs-with-dotdot", lambda s, f: matlab_zip(s, {"../emnist-mnist.mat": MAT}),
+     "{src}/matlab.zip: refusing archive entry '../emnist-mnist.mat': an absolute path or one with '..'"),
+    ("zip-member-absolute", lambda s, f: matlab_zip(s, {"/matlab/emnist-mnist.mat": MAT}),
+     "refusing archive entry '/matlab/emnist-mnist.mat'"),
+    ("zip-split-as-mat-and-as-idx",
+     lambda s, f: gzip_zip(s, {**ol.idx_members("mnist", DATA), "emnist-mnist.mat": MAT}),
+     "{src}/gzip.zip: archive holds split 'mnist' twice, as emnist-mnist.mat and as IDX files"),
+    ("idx-folder-with-gz-and-plain-file", lambda s, f: both_gz_and_plain(s),
+     "{src}/idx/emnist-mnist-test-labels-idx1-ubyte: both emnist-mnist-test-labels-idx1-ubyte and "
+     "emnist-mnist-test-labels-idx1-ubyte.gz exist"),
+    ("mat-two-dataset-structs", lambda s, f: two_dataset_structs(s),
+     "{src}/emnist-mnist.mat: 'dataset' is an array of 2 structs, expected one"),
+    # mappings that are ambiguous: each refused, naming the file
+    ("mapping-two-classes-named-8", lambda s, f: mat(s, **mapping_of([8, 56], [9, 56])),
+     "{src}/emnist-mnist.mat: mapping gives the character '8' twice (labels 8 and 9)"),
+    ("mapping-newline-as-a-class", lambda s, f: mat(s, **mapping_of([9, 10])),
+     "mapping gives label 9 the code U+000A (a control character), which is no visible character"),
+    ("mapping-space-as-a-class", lambda s, f: mat(s, **mapping_of([9, 32])), "label 9 the code U+0020 (a space)"),
+    ("mapping-no-break-space", lambda s, f: mat(s, **mapping_of([9, 0xA0])), "label 9 the code U+00A0 (a space)"),
+    ("mapping-zero-width-space", lambda s, f: mat(s, **mapping_of([9, 0x200B])),
+     "label 9 the code U+200B (a format character)"),
+    ("mapping-surrogate", lambda s, f: mat(s, **mapping_of([9, 0xD800])), "label 9 the code U+D800 (a surrogate)"),
+    ("mapping-unassigned-code-point", lambda s, f: mat(s, **mapping_of([9, 0x0378])),
+     "label 9 the code U+0378 (an unassigned code point)"),
+    ("mapping-code-beyond-unicode", lambda s, f: mat(s, **mapping_of([9, 0x110000])),
+     "mapping holds 1114112, more than any label or character code (at most 1114111)"),
+    ("mapping-huge-float", lambda s, f: mat(s, **mapping_of([9, 1e300])), "mapping holds 1e+300, more than any"),
+    ("mapping-labels-not-consecutive", lambda s, f: mat(s, **mapping_of([10, 57])),
+     "mapping's labels are not consecutive (8 is followed by 10)"),
+    ("mapping-row-names-a-character-twice", lambda s, f: mat(s, mapping=np.array(
+        [[i, 48 + i, 48 + i] for i in range(10)], float)), "mapping gives the character '0' twice (labels 0 and 0)"),
+    ("mapping-text-number-with-underscore", lambda s, f: idx_mapping_text(s, b"0 4_8\n" + b"".join(
+        f"{i} {48 + i}\n".encode() for i in range(1, 10))),
+     "{src}/idx/emnist-mnist-mapping.txt: not a mapping file ('4_8' is not a number 0..999999999)"),
+    ("mapping-text-negative", lambda s, f: idx_mapping_text(s, b"-1 48\n"), "'-1' is not a number"),
+    ("mapping-text-of-2-mib", lambda s, f: idx_mapping_text(s, b"0 48\n" * (2 << 18)),
+     "emnist-mnist-mapping.txt: more than 1,048,576 bytes; not a mapping file"),
     pytest.param("mat-chmod-000 (real permissions)", lambda s, f: chmod(mat(s), 0),
                  "{src}/emnist-mnist.mat: permission denied",
                  marks=pytest.mark.skipif(ROOT, reason="root reads any file; the simulated case above runs")),
@@ -671,6 +792,11 @@ DOWNLOAD_CASES = [
     ("disk-full-extracting (traceback before)",
      with_faults(lambda d, f: f.break_writes(".emnist-mnist.mat.", OSError(errno.ENOSPC, "full"))),
      EmnistDataError, "cannot write the download there: no space left on device", False),
+    ("member-encrypted", serve(ol.zip_with_headers(GOOD, flags=1)), EmnistDataError,
+     "matlab.zip:matlab/emnist-mnist.mat: is encrypted", True),
+    ("member-twice-in-two-folders",
+     serve(ol.write_zip_bytes({"matlab/emnist-mnist.mat": MAT, "other/emnist-mnist.mat": MAT})),
+     EmnistDataError, "archive holds emnist-mnist.mat twice", True),
     ("interrupted-downloading", with_faults(lambda d, f: f.break_writes(".matlab.zip.", KeyboardInterrupt())),
      KeyboardInterrupt, "", False),
     ("interrupted-extracting", with_faults(lambda d, f: f.break_writes(".emnist-mnist.mat.", KeyboardInterrupt())),
@@ -838,6 +964,12 @@ CLI_CASES = [
     ("info-out-marker-is-a-link", lambda t, f, m, s: marker_is_a_link(t, f), 2,
      "out: .emnist_jax_report is a symbolic link; not followed"),
     ("info-unknown-split", lambda t, f, m, s: ["info", "--split", "bogus"], 2, "invalid choice: 'bogus'"),
+    ("info-idx-header-claims-2**31-1-images", lambda t, f, m, s: ["info", "--data", str(idx_claiming(t, 2**31 - 1)),
+     "--split", "mnist", "--out", str(t / "out")], 2, "header claims 2,147,483,647 images (1.5 TiB), more than a"),
+    ("info-encrypted-zip", lambda t, f, m, s: ["info", "--data", str(matlab_zip(t, MAT_MEMBER, flags=1)), "--split",
+     "mnist", "--out", str(t / "out")], 2, "matlab.zip:matlab/emnist-mnist.mat: is encrypted"),
+    ("info-mapping-two-classes-named-8", lambda t, f, m, s: cli_mat(t, f, **mapping_of([8, 56], [9, 56])), 2,
+     "mapping gives the character '8' twice (labels 8 and 9)"),
     ("info-interrupted (traceback before)", lambda t, f, m, s: interrupted(t, f, m), 130, "interrupted"),
     ("info-class-missing-in-train", lambda t, f, m, s: without_class_3(t, f), 0, ""),
     ("info-cache-unusable (traceback before)", lambda t, f, m, s: m.setenv(

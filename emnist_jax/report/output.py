@@ -108,7 +108,8 @@ def foreign_content(folder: Path, maker: Maker = REPORT) -> str | None:
             return f"was made by {info.get('made_by')}, not by this command"
         allowed = set(info.get("files", [])) | {MARKER}
     else:
-        metrics = _believed_json(folder / "metrics.json") if maker.legacy and (folder / "metrics.json").is_file() else None
+        legacy = maker.legacy and (folder / "metrics.json").is_file()
+        metrics = _believed_json(folder / "metrics.json") if legacy else None
         if not (metrics and metrics.get("schema_version") == 1
                 and str(metrics.get("command", "")).startswith(REPORT.command)):
             entries = sorted(os.listdir(folder))
