@@ -272,6 +272,9 @@ def test_info_replaces_only_its_own_earlier_figures(tmp_path, capsys):
     assert main(["info", "--data", str(second), "--out", str(out)]) == 0
     assert (out / "samples.png").read_bytes() != grid  # replaced: the samples of the other file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no hidden folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 & ~umask  # readable as usual, writable by the user only
     with pytest.raises(output.OutputError, match="was made by python -m emnist_jax.data info, not by this command"):
         output.check_target(out)  # nor does the report replace a figure set
 

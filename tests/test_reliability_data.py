@@ -1,4 +1,4 @@
-"""Reliability of the data layer (issue 10): one table of faults per entry point.
+"""Reliability of the data layer: one table of faults per entry point.
 
 Entry points: ``data.load`` (sources), ``data.load`` through the cache (and the cached embedded
 default), ``data.download`` (a local HTTP server on 127.0.0.1) and ``python -m emnist_jax.data``.

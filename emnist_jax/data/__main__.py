@@ -3,7 +3,12 @@
     python -m emnist_jax.data info [--data SRC] [--split S] [--out DIR]
     python -m emnist_jax.data download [--split S|all] [--dest DIR] [--format matlab|gzip]
 
-Exit codes: 0 ok, 2 bad input or data, or an unwritable --out/--dest (one line on stderr, no
+``info --out`` follows the report's rules (:mod:`emnist_jax.report.output`): the figures are drawn
+into a hidden private folder that replaces ``--out`` whole, and an existing ``--out`` is replaced
+only when ``data info`` made it (its marker, nothing but its own files, this user's folder); a
+folder of the user's own files is refused and left as it was.
+
+Exit codes: 0 ok, 2 bad input or data, or an unusable --out/--dest (one line on stderr, no
 traceback), 130 interrupted, 141 when the reader of stdout went away (``info | head -1``: the
 status a Unix filter killed by SIGPIPE reports, so ``set -o pipefail`` scripts see the same
 as with ``cat``; nothing after the lost line is done, the figures included).
