@@ -13,6 +13,7 @@ import io
 import string
 import struct
 import threading
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -128,12 +129,33 @@ def write_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def write_zip_bytes(members: dict[str, bytes]) -> bytes:
+def write_zip_bytes(members: dict[str, bytes] | list[tuple[str, bytes]]) -> bytes:
+    """A stored zip archive of ``members`` (a list may name a member twice)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, payload in members.items():
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name, which a test may want
+        for name, payload in (members.items() if isinstance(members, dict) else members):
             archive.writestr(name, payload)
     return buffer.getvalue()
+
+
+def zip_with_headers(data: bytes, flags: int = 0, method: int | None = None) -> bytes:
+    """The zip archive ``data`` with ``flags`` set (1: encrypted) and, where given, the compression
+    ``method`` stated in every member's local and central header (the content stays as it is)."""
+    raw = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        locals_ = [info.header_offset for info in archive.infolist()]
+        central, count = archive.start_dir, len(locals_)
+    headers = [(offset, 6) for offset in locals_]  # local header: flags at +6, method at +8
+    for _ in range(count):  # central header: flags at +8, method at +10; 46 bytes and three names
+        headers.append((central, 8))
+        n, m, k = struct.unpack_from("<HHH", raw, central + 28)
+        central += 46 + n + m + k
+    for offset, at in headers:
+        struct.pack_into("<H", raw, offset + at, struct.unpack_from("<H", raw, offset + at)[0] | flags)
+        if method is not None:
+            struct.pack_into("<H", raw, offset + at + 2, method)
+    return bytes(raw)
 
 
 class Server:

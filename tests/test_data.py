@@ -1,4 +1,6 @@
+import json
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -249,7 +251,32 @@ def test_info_command_prints_counts_and_writes_both_figures(tmp_path, capsys):
                                     f"{100 * train[label] / 40:.2f}"]
     for name in ("samples.png", "class_distribution.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["class_distribution.png", "samples.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".emnist_jax_report", "class_distribution.png",
+                                                                   "samples.png"]
+    marker = json.loads((tmp_path / "out" / ".emnist_jax_report").read_text())
+    assert marker["made_by"] == "python -m emnist_jax.data info" and marker["state"] == "complete"
+    assert marker["files"] == ["class_distribution.png", "samples.png"]
+
+
+def test_info_replaces_only_its_own_earlier_figures(tmp_path, capsys):
+    from emnist_jax.data.__main__ import main
+    from emnist_jax.report import output
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = ol.write_mat(tmp_path / "a" / "emnist-digits.mat", ol.make_split("digits", seed=1))
+    second = ol.write_mat(tmp_path / "b" / "emnist-digits.mat", ol.make_split("digits", seed=2))
+    out = tmp_path / "out"
+    assert main(["info", "--data", str(first), "--out", str(out)]) == 0
+    grid = (out / "samples.png").read_bytes()
+    assert main(["info", "--data", str(second), "--out", str(out)]) == 0
+    assert (out / "samples.png").read_bytes() != grid  # replaced: the samples of the other file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no hidden folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 & ~umask  # readable as usual, writable by the user only
+    with pytest.raises(output.OutputError, match="was made by python -m emnist_jax.data info, not by this command"):
+        output.check_target(out)  # nor does the report replace a figure set
 
 
 # ---- cache ------------------------------------------------------------------------------------
@@ -282,6 +309,25 @@ def test_corrupt_cache_entry_is_rebuilt_not_used(tmp_path):
     entry.write_bytes(bytes(raw))
     assert_same(load(path), data, "mnist")
     assert data_cache.read(data_cache.fingerprint([str(path)], "mnist")) is not None  # rebuilt
+
+
+def test_cache_folders_and_entries_are_private_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMNIST_JAX_CACHE", str(tmp_path / "made" / "cache"))
+    path = ol.write_mat(tmp_path / "emnist-mnist.mat", ol.make_split("mnist"))
+    old = os.umask(0)
+    try:
+        load(path)
+    finally:
+        os.umask(old)
+    (entry,) = (tmp_path / "made" / "cache").glob("arrays-*.npz")
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "made", tmp_path / "made" / "cache", entry)]
+    assert modes == [0o700, 0o700, 0o600]
+
+
+def test_an_empty_cache_variable_means_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EMNIST_JAX_CACHE", "")
+    assert data_cache.cache_dir() == tmp_path / ".cache" / "emnist_jax"
 
 
 # ---- memory --------------------------------------------------------------------------------------

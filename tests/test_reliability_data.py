@@ -1,4 +1,4 @@
-"""Reliability of the data layer (issue 10): one table of faults per entry point.
+"""Reliability of the data layer: one table of faults per entry point.
 
 Entry points: ``data.load`` (sources), ``data.load`` through the cache (and the cached embedded
 default), ``data.download`` (a local HTTP server on 127.0.0.1) and ``python -m emnist_jax.data``.
@@ -17,16 +17,23 @@ Permission errors: tests run as root here, and root ignores file modes, so a per
 is made by having ``open``/``os.open``/``os.listdir``/``os.mkdir``/``os.unlink`` raise the
 error for that one path (these cases always run); the two cases that chmod for real are
 skipped when running as root. Disk-full and Ctrl-C faults wrap the file we write into.
+
+A shared machine: the cache cases with another user's files plant them as that user (uid 65534,
+``fault_cases.as_neighbour``) or give them to that user with ``chown``; both need root and skip
+otherwise. A forged entry shifts every label, so reading it would show in the loaded data.
 """
 
 from __future__ import annotations
 
 import builtins
 import errno
+import gzip
 import hashlib
 import io
+import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 
 import official_layout as ol
 from emnist_jax import synthetic
 from emnist_jax.data import CacheWarning, EmnistDataError, cache, download, load, loading, official
 from emnist_jax.data.__main__ import main
-from fault_cases import snapshot, unchanged_except
+from fault_cases import NEIGHBOUR, as_neighbour, shared_folder, snapshot, unchanged_except
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 DATA = ol.make_split("mnist")  # 40 + 12 images, every class present
@@ -208,6 +216,67 @@ def chmod(path, mode):
     return path
 
 
+def idx_claiming(src, count, compress=True):
+    """An IDX folder whose training images' header claims ``count`` images."""
+    folder = ol.write_idx_folder(src / "idx", "mnist", DATA, compress=False)
+    path = folder / "emnist-mnist-train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:4] + struct.pack(">i", count) + path.read_bytes()[8:])
+    for plain in folder.glob("*-ubyte") if compress else ():
+        (folder / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+        plain.unlink()
+    return folder
+
+
+def gzip_zip(src, members=None):
+    """gzip.zip as NIST packs it: the members in a folder gzip/."""
+    members = ol.idx_members("mnist", DATA) if members is None else members
+    return ol.write_zip(src / "gzip.zip", {f"gzip/{n}": b for n, b in members.items()})
+
+
+def claiming_member(count):
+    raw = ol.idx_bytes(DATA["train_images"])
+    members = ol.idx_members("mnist", DATA)
+    members["emnist-mnist-train-images-idx3-ubyte.gz"] = gzip.compress(raw[:4] + struct.pack(">i", count) + raw[8:])
+    return members
+
+
+def matlab_zip(src, members, **headers):
+    data = ol.write_zip_bytes(members)
+    return written(src / "matlab.zip", ol.zip_with_headers(data, **headers) if headers else data)
+
+
+def mapping_of(*rows, size=10):
+    """The digits mapping with ``rows`` replacing its last rows."""
+    mapping = [list(r) for r in ol.mapping_rows("mnist")][:size - len(rows)] + [list(r) for r in rows]
+    return {"mapping": np.array(mapping, float)}
+
+
+def idx_mapping_text(src, text: bytes):
+    folder = idx_folder(src)
+    (folder / "emnist-mnist-mapping.txt").write_bytes(text)
+    return folder
+
+
+def both_gz_and_plain(src):
+    folder = idx_folder(src)
+    plain = ol.idx_members("mnist", DATA, compress=False)["emnist-mnist-test-labels-idx1-ubyte"]
+    (folder / "emnist-mnist-test-labels-idx1-ubyte").write_bytes(plain)
+    return folder
+
+
+def two_dataset_structs(src):
+    one = {"train": {"images": ROWS, "labels": DATA["train_labels"].reshape(-1, 1)},
+           "test": {"images": ol.transposed_rows(DATA["test_images"]), "labels": DATA["test_labels"].reshape(-1, 1)},
+           "mapping": np.array(DATA["mapping"], float)}
+    structs = np.empty((1, 2), dtype=[("train", "O"), ("test", "O"), ("mapping", "O")])
+    for i in range(2):
+        structs[0, i] = (one["train"], one["test"], one["mapping"])
+    scipy.io.savemat(src / "emnist-mnist.mat", {"dataset": structs})
+    return src / "emnist-mnist.mat"
+
+
+MAT_MEMBER = {"matlab/emnist-mnist.mat": ol.mat_bytes(DATA)}
+
 LOAD_CASES = [
     # id, make the source (src folder, faults) -> path, message fragment ({src}: the source folder)
     ("images-float64-to-434 (silent before)", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 5, 434, float)}),
@@ -265,6 +334,63 @@ LOAD_CASES = [
      "{src}/idx: permission denied"),
     ("mat-input-output-error (misleading before)", lambda s, f: f.deny(mat(s), code=errno.EIO) or s / "emnist-mnist.mat",
      "{src}/emnist-mnist.mat: input/output error"),
+    # headers that claim more than the file holds: refused before anything is allocated
+    ("idx-header-claims-2**31-1-images", lambda s, f: idx_claiming(s, 2**31 - 1, compress=False),
+     "{src}/idx/emnist-mnist-train-images-idx3-ubyte: header says 2,147,483,647 items but the payload ends after 40 "
+     "(a file of 31,376 bytes)"),
+    ("idx-gz-header-claims-2**31-1-images", lambda s, f: idx_claiming(s, 2**31 - 1),
+     "{src}/idx/emnist-mnist-train-images-idx3-ubyte.gz: header claims 2,147,483,647 images (1.5 TiB), more than a"),
+    ("gzip-zip-member-claims-2**31-1-images", lambda s, f: gzip_zip(s, claiming_member(2**31 - 1)),
+     "{src}/gzip.zip:gzip/emnist-mnist-train-images-idx3-ubyte.gz: header claims 2,147,483,647 images (1.5 TiB)"),
+    # archives that cannot be read whole, or are ambiguous
+    ("matlab-zip-encrypted", lambda s, f: matlab_zip(s, MAT_MEMBER, flags=1),
+     "{src}/matlab.zip:matlab/emnist-mnist.mat: is encrypted; the official archives are not"),
+    ("gzip-zip-encrypted", lambda s, f: written(s / "gzip.zip", ol.zip_with_headers(
+        gzip_zip(s).read_bytes(), flags=1)),
+     "{src}/gzip.zip:gzip/emnist-mnist-train-images-idx3-ubyte.gz: is encrypted"),
+    ("zip-unreadable-compression-method", lambda s, f: matlab_zip(s, MAT_MEMBER, method=9),
+     "matlab.zip:matlab/emnist-mnist.mat: compressed with method 9, which cannot be read"),
+    ("zip-same-file-in-two-folders", lambda s, f: matlab_zip(s, {**MAT_MEMBER, "other/emnist-mnist.mat": MAT}),
+     "{src}/matlab.zip: archive holds emnist-mnist.mat twice ('matlab/emnist-mnist.mat' and 'other/emnist-mnist.mat')"),
+    ("zip-same-name-twice", lambda s, f: matlab_zip(s, [*MAT_MEMBER.items(), *MAT_MEMBER.items()]),
+     "archive holds emnist-mnist.mat twice ('matlab/emnist-mnist.mat' and 'matlab/emnist-mnist.mat')"),
+    ("zip-member-climbs-with-dotdot", lambda s, f: matlab_zip(s, {"../emnist-mnist.mat": MAT}),
+     "{src}/matlab.zip: refusing archive entry '../emnist-mnist.mat': an absolute path or one with '..'"),
+    ("zip-member-absolute", lambda s, f: matlab_zip(s, {"/matlab/emnist-mnist.mat": MAT}),
+     "refusing archive entry '/matlab/emnist-mnist.mat'"),
+    ("zip-split-as-mat-and-as-idx",
+     lambda s, f: gzip_zip(s, {**ol.idx_members("mnist", DATA), "emnist-mnist.mat": MAT}),
+     "{src}/gzip.zip: archive holds split 'mnist' twice, as emnist-mnist.mat and as IDX files"),
+    ("idx-folder-with-gz-and-plain-file", lambda s, f: both_gz_and_plain(s),
+     "{src}/idx/emnist-mnist-test-labels-idx1-ubyte: both emnist-mnist-test-labels-idx1-ubyte and "
+     "emnist-mnist-test-labels-idx1-ubyte.gz exist"),
+    ("mat-two-dataset-structs", lambda s, f: two_dataset_structs(s),
+     "{src}/emnist-mnist.mat: 'dataset' is an array of 2 structs, expected one"),
+    # mappings that are ambiguous: each refused, naming the file
+    ("mapping-two-classes-named-8", lambda s, f: mat(s, **mapping_of([8, 56], [9, 56])),
+     "{src}/emnist-mnist.mat: mapping gives the character '8' twice (labels 8 and 9)"),
+    ("mapping-newline-as-a-class", lambda s, f: mat(s, **mapping_of([9, 10])),
+     "mapping gives label 9 the code U+000A (a control character), which is no visible character"),
+    ("mapping-space-as-a-class", lambda s, f: mat(s, **mapping_of([9, 32])), "label 9 the code U+0020 (a space)"),
+    ("mapping-no-break-space", lambda s, f: mat(s, **mapping_of([9, 0xA0])), "label 9 the code U+00A0 (a space)"),
+    ("mapping-zero-width-space", lambda s, f: mat(s, **mapping_of([9, 0x200B])),
+     "label 9 the code U+200B (a format character)"),
+    ("mapping-surrogate", lambda s, f: mat(s, **mapping_of([9, 0xD800])), "label 9 the code U+D800 (a surrogate)"),
+    ("mapping-unassigned-code-point", lambda s, f: mat(s, **mapping_of([9, 0x0378])),
+     "label 9 the code U+0378 (an unassigned code point)"),
+    ("mapping-code-beyond-unicode", lambda s, f: mat(s, **mapping_of([9, 0x110000])),
+     "mapping holds 1114112, more than any label or character code (at most 1114111)"),
+    ("mapping-huge-float", lambda s, f: mat(s, **mapping_of([9, 1e300])), "mapping holds 1e+300, more than any"),
+    ("mapping-labels-not-consecutive", lambda s, f: mat(s, **mapping_of([10, 57])),
+     "mapping's labels are not consecutive (8 is followed by 10)"),
+    ("mapping-row-names-a-character-twice", lambda s, f: mat(s, mapping=np.array(
+        [[i, 48 + i, 48 + i] for i in range(10)], float)), "mapping gives the character '0' twice (labels 0 and 0)"),
+    ("mapping-text-number-with-underscore", lambda s, f: idx_mapping_text(s, b"0 4_8\n" + b"".join(
+        f"{i} {48 + i}\n".encode() for i in range(1, 10))),
+     "{src}/idx/emnist-mnist-mapping.txt: not a mapping file ('4_8' is not a number 0..999999999)"),
+    ("mapping-text-negative", lambda s, f: idx_mapping_text(s, b"-1 48\n"), "'-1' is not a number"),
+    ("mapping-text-of-2-mib", lambda s, f: idx_mapping_text(s, b"0 48\n" * (2 << 18)),
+     "emnist-mnist-mapping.txt: more than 1,048,576 bytes; not a mapping file"),
     pytest.param("mat-chmod-000 (real permissions)", lambda s, f: chmod(mat(s), 0),
                  "{src}/emnist-mnist.mat: permission denied",
                  marks=pytest.mark.skipif(ROOT, reason="root reads any file; the simulated case above runs")),
@@ -357,6 +483,45 @@ def entry_loop(tmp, source, f):
     loop(cache.cache_dir(), entry_path(source).name)
 
 
+def forged_entry(source, path):
+    """A well-formed entry for ``source`` whose every label is shifted by one class: read, it would
+    silently change the data."""
+    load(source)  # a true entry in the test's own cache, to copy from
+    with np.load(entry_path(source)) as entry:
+        arrays = {k: entry[k] for k in entry.files}
+    for part in ("train", "test"):
+        arrays[f"{part}_labels"] = (arrays[f"{part}_labels"] + 1) % len(arrays["classes"])
+    np.savez(path, **arrays)
+    os.chmod(path, 0o644)
+    return path
+
+
+def neighbour_plants_entry(tmp, source, f):
+    """Another user plants a forged entry under the expected name in a shared cache folder."""
+    forged = forged_entry(source, tmp / "forged.npz")
+    f.setenv("EMNIST_JAX_CACHE", shared_folder(tmp / "shared-cache"))
+    as_neighbour('cp "$1" "$2"', str(forged), str(entry_path(source)))
+    assert entry_path(source).stat().st_uid == NEIGHBOUR
+
+
+def entry_of_another_user(tmp, source, f):
+    if not ROOT:
+        pytest.skip("giving a file to another user needs root")
+    forged_entry(source, entry_path(source))
+    os.chown(entry_path(source), NEIGHBOUR, NEIGHBOUR)
+
+
+def entry_linked_to_a_forgery(tmp, source, f):
+    forged = forged_entry(source, tmp / "forged.npz")
+    entry_path(source).unlink()
+    os.symlink(forged, entry_path(source))
+
+
+def group_writable_folder_with_forgery(tmp, source, f):
+    forged_entry(source, entry_path(source))
+    os.chmod(cache.cache_dir(), 0o775)
+
+
 CACHE_CASES = [
     # id, make the fault (tmp, source, faults), warning fragment (None: no warning), names that may change
     ("entry-is-a-folder (traceback before)", lambda t, s, f: entry_path(s).mkdir(parents=True),
@@ -377,6 +542,15 @@ CACHE_CASES = [
     ("entry-truncated (rebuilt)", corrupt_entry, None, ("arrays-",)),
     ("entry-with-float-images (rebuilt, not used)", tampered_entry, None, ("arrays-",)),
     ("stale-temporary-of-a-killed-run (removed)", stale_temporaries, None, (".arrays-old", "arrays-")),
+    # a shared machine: an entry anyone could have written is never read, and never deleted
+    ("shared-cache-folder-with-an-entry-planted-by-another-user", neighbour_plants_entry,
+     "{tmp}/shared-cache: is writable by others (mode 1777); not trusted", ()),
+    ("entry-owned-by-another-user", entry_of_another_user,
+     "arrays-{key}.npz: is owned by another user (uid 65534); not trusted", ()),
+    ("entry-is-a-link-to-a-forged-file", entry_linked_to_a_forgery, "arrays-{key}.npz: is a symbolic link; not followed",
+     ()),
+    ("own-cache-folder-group-writable", group_writable_folder_with_forgery,
+     "{cache}: is writable by its group (mode 0775); not trusted", ()),
 ]
 
 
@@ -392,6 +566,7 @@ def test_cache_fault_never_fails_load(tmp_path, faults, name, make, fragment, ma
         dataset = load(source)
     assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
     np.testing.assert_array_equal(dataset.train_images, DATA["train_images"])
+    np.testing.assert_array_equal(np.asarray(dataset.file_labels)[dataset.train_labels], DATA["train_labels"])
     np.testing.assert_array_equal(np.asarray(dataset.file_labels)[dataset.test_labels], DATA["test_labels"])
     messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
     if fragment is None:
@@ -436,6 +611,37 @@ def default_file_corrupt(tmp, f):
     path.write_bytes(path.read_bytes()[:1000])
 
 
+def default_name():
+    return f"synthetic-v{synthetic.GENERATOR_VERSION}-seed0-{SMALL_DEFAULT[0]}x{SMALL_DEFAULT[1]}.mat"
+
+
+def forged_default(path):
+    """A valid .mat under the default's name whose labels are all 0: read, it would change the data."""
+    data = ol.make_split("byclass", *SMALL_DEFAULT)
+    data["train_labels"][:], data["test_labels"][:] = 0, 0
+    ol.write_mat(path, data)
+    os.chmod(path, 0o644)
+    return path
+
+
+def default_planted_by_another_user(tmp, f):
+    forged = forged_default(tmp / "forged.mat")
+    folder = shared_folder(tmp / "cache")
+    as_neighbour('cp "$1" "$2"', str(forged), str(folder / default_name()))
+
+
+def default_of_another_user(tmp, f):
+    if not ROOT:
+        pytest.skip("giving a file to another user needs root")
+    cache.cache_dir().mkdir(mode=0o700)
+    os.chown(forged_default(cache.cache_dir() / default_name()), NEIGHBOUR, NEIGHBOUR)
+
+
+def default_linked_to_a_forgery(tmp, f):
+    cache.cache_dir().mkdir(mode=0o700)
+    os.symlink(forged_default(tmp / "forged.mat"), cache.cache_dir() / default_name())
+
+
 DEFAULT_CASES = [
     # id, fault (tmp, faults), warning fragment, times generated, whether the cached file ends up good
     ("cache-is-a-file (traceback before)", default_cache_is_a_file,
@@ -443,6 +649,12 @@ DEFAULT_CASES = [
     ("read-only-cache (traceback after generating before)", default_read_only, "cache: permission denied; the embedded "
      "default data set is generated in memory", 1, False),
     ("cached-file-damaged (failed every run before)", default_file_corrupt, "generating the embedded default again", 2, True),
+    ("shared-cache-folder-with-a-file-planted-by-another-user", default_planted_by_another_user,
+     "cache: is writable by others (mode 1777); not trusted", 1, False),
+    ("cached-file-owned-by-another-user", default_of_another_user,
+     "cannot use the embedded default data set: {cache}/{name}: is owned by another user (uid 65534)", 1, False),
+    ("cached-file-is-a-link-to-a-forged-file", default_linked_to_a_forgery,
+     "cannot use the embedded default data set: {cache}/{name}: is a symbolic link; not followed", 1, False),
 ]
 
 
@@ -456,7 +668,7 @@ def test_default_with_a_cache_fault_still_loads(tmp_path, faults, monkeypatch, s
         dataset = load("default")
     assert dataset.source == "default" and dataset.synthetic and dataset.train_images.shape == (124, 28, 28)
     assert set(dataset.class_counts("train")) == {2}
-    assert len(caught) == 1 and fragment in str(caught[0].message)
+    assert len(caught) == 1 and fragment.format(cache=cache.cache_dir(), name=default_name()) in str(caught[0].message)
     assert len(small_default) == generated
     assert "generating the embedded default data set (124 + 62 images" in capsys.readouterr().err
     problems = unchanged_except(before, snapshot(tmp_path), allowed_new=("cache/arrays-",))
@@ -580,6 +792,11 @@ DOWNLOAD_CASES = [
     ("disk-full-extracting (traceback before)",
      with_faults(lambda d, f: f.break_writes(".emnist-mnist.mat.", OSError(errno.ENOSPC, "full"))),
      EmnistDataError, "cannot write the download there: no space left on device", False),
+    ("member-encrypted", serve(ol.zip_with_headers(GOOD, flags=1)), EmnistDataError,
+     "matlab.zip:matlab/emnist-mnist.mat: is encrypted", True),
+    ("member-twice-in-two-folders",
+     serve(ol.write_zip_bytes({"matlab/emnist-mnist.mat": MAT, "other/emnist-mnist.mat": MAT})),
+     EmnistDataError, "archive holds emnist-mnist.mat twice", True),
     ("interrupted-downloading", with_faults(lambda d, f: f.break_writes(".matlab.zip.", KeyboardInterrupt())),
      KeyboardInterrupt, "", False),
     ("interrupted-extracting", with_faults(lambda d, f: f.break_writes(".emnist-mnist.mat.", KeyboardInterrupt())),
@@ -639,6 +856,65 @@ def out_disk_full(tmp, f, monkeypatch):
     return cli_mat(tmp, f)
 
 
+def users_pictures(tmp, f, *extra):
+    """--out names a folder of the user's own: their samples.png, and ``extra`` entries."""
+    pictures = tmp / "Pictures"
+    pictures.mkdir()
+    (pictures / "samples.png").write_bytes(b"my holiday photo")
+    for name in extra:
+        (pictures / name).mkdir()
+    return ["info", "--data", str(mat(tmp)), "--out", str(pictures)]
+
+
+def marker_text(made_by="python -m emnist_jax.data info", files=("class_distribution.png", "samples.png")):
+    """A finished output's marker, as ``made_by`` writes it."""
+    return json.dumps({"schema": "emnist_jax.report/1", "state": "complete", "made_by": made_by, "host": "h",
+                       "pid": 1, "files": list(files)})
+
+
+def earlier_output(tmp, made_by="python -m emnist_jax.data info"):
+    """An --out folder as an earlier run of ``made_by`` left it."""
+    out = tmp / "out"
+    out.mkdir()
+    for name in ("samples.png", "class_distribution.png"):
+        (out / name).write_bytes(b"an earlier figure")
+    (out / ".emnist_jax_report").write_text(marker_text(made_by))
+    return out
+
+
+def second_figure_fails(tmp, f, monkeypatch):
+    earlier_output(tmp)
+    from emnist_jax import plots
+
+    real, calls = plots.save, []
+
+    def save(fig, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fig, path)
+    monkeypatch.setattr(plots, "save", save)
+    return cli_mat(tmp, f)
+
+
+def out_of_another_user(tmp, f):
+    """In a shared folder, another user prepares --out with a marker that claims this command made it."""
+    shared = shared_folder(tmp / "shared")
+    marker = marker_text(files=["samples.png"])
+    as_neighbour('mkdir "$1/out" && printf %s "$2" > "$1/out/.emnist_jax_report" && echo theirs > "$1/out/samples.png"',
+                 str(shared), marker)
+    return ["info", "--data", str(mat(tmp)), "--out", str(shared / "out")]
+
+
+def marker_is_a_link(tmp, f):
+    out = tmp / "out"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"my own file")
+    (tmp / ".emnist_jax_report").write_text(marker_text(files=["samples.png"]))  # a marker elsewhere, linked in
+    os.symlink(tmp / ".emnist_jax_report", out / ".emnist_jax_report")
+    return cli_mat(tmp, f)
+
+
 def interrupted(tmp, f, monkeypatch):
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -663,12 +939,37 @@ CLI_CASES = [
      "symbolic link loop"),
     ("info-permission-denied (misleading before)", lambda t, f, m, s: denied_source(t, f), 2,
      "emnist-mnist.mat: permission denied"),
-    ("info-out-is-a-file (traceback before)", lambda t, f, m, s: out_is_a_file(t, f), 2, "--out is a file, not a folder"),
-    ("info-out-unwritable (traceback before)", lambda t, f, m, s: f.deny(t / "out", calls=("mkdir",)) or cli_mat(t, f),
-     2, "cannot create the --out folder: permission denied"),
+    ("info-out-is-a-file (traceback before)", lambda t, f, m, s: out_is_a_file(t, f), 2,
+     "out: is a file, not a figure set folder; choose another name"),
+    ("info-out-unwritable (traceback before)", lambda t, f, m, s: f.deny(t, calls=("mkdir",)) or cli_mat(t, f),
+     2, "out: cannot write in {tmp}: Permission denied"),
     ("info-out-disk-full (traceback before)", lambda t, f, m, s: out_disk_full(t, f, m), 2,
      "cannot write the figures: no space left on device"),
+    ("info-out-folder-of-user-files", lambda t, f, m, s: users_pictures(t, f), 2,
+     "Pictures: exists and is not a figure set made by this command (it holds 'samples.png'); the figure set "
+     "replaces only a folder it made itself"),
+    ("info-out-user-file-and-a-folder-named-like-a-figure", lambda t, f, m, s: users_pictures(
+        t, f, "class_distribution.png"), 2, "exists and is not a figure set made by this command (it holds "
+     "'class_distribution.png' and 1 more)"),
+    ("info-out-made-by-the-report", lambda t, f, m, s: earlier_output(t, "python -m emnist_jax.report") and
+     cli_mat(t, f), 2, "out: was made by python -m emnist_jax.report, not by this command"),
+    ("info-out-own-output-plus-a-user-file", lambda t, f, m, s: (earlier_output(t) / "notes.txt").write_text("x") and
+     cli_mat(t, f), 2, "out: holds 'notes.txt', which the figure set did not write"),
+    ("info-out-second-figure-fails-earlier-output-kept", lambda t, f, m, s: second_figure_fails(t, f, m), 2,
+     "out: cannot write the figures: no space left on device"),
+    ("info-out-is-the-current-folder", lambda t, f, m, s: ["info", "--data", str(mat(t)), "--out", "."], 2,
+     "--out .: is the current folder or contains it"),
+    ("info-out-folder-of-another-user-with-a-forged-marker", lambda t, f, m, s: out_of_another_user(t, f), 2,
+     "shared/out: is owned by another user (uid 65534); the figure set replaces only a folder it made itself"),
+    ("info-out-marker-is-a-link", lambda t, f, m, s: marker_is_a_link(t, f), 2,
+     "out: .emnist_jax_report is a symbolic link; not followed"),
     ("info-unknown-split", lambda t, f, m, s: ["info", "--split", "bogus"], 2, "invalid choice: 'bogus'"),
+    ("info-idx-header-claims-2**31-1-images", lambda t, f, m, s: ["info", "--data", str(idx_claiming(t, 2**31 - 1)),
+     "--split", "mnist", "--out", str(t / "out")], 2, "header claims 2,147,483,647 images (1.5 TiB), more than a"),
+    ("info-encrypted-zip", lambda t, f, m, s: ["info", "--data", str(matlab_zip(t, MAT_MEMBER, flags=1)), "--split",
+     "mnist", "--out", str(t / "out")], 2, "matlab.zip:matlab/emnist-mnist.mat: is encrypted"),
+    ("info-mapping-two-classes-named-8", lambda t, f, m, s: cli_mat(t, f, **mapping_of([8, 56], [9, 56])), 2,
+     "mapping gives the character '8' twice (labels 8 and 9)"),
     ("info-interrupted (traceback before)", lambda t, f, m, s: interrupted(t, f, m), 130, "interrupted"),
     ("info-class-missing-in-train", lambda t, f, m, s: without_class_3(t, f), 0, ""),
     ("info-cache-unusable (traceback before)", lambda t, f, m, s: m.setenv(
@@ -702,7 +1003,7 @@ def test_command_line_fault(tmp_path, faults, monkeypatch, server, capsys, name,
         status = stop.code
     out, err = capsys.readouterr()
     assert status == code, err
-    assert fragment in err
+    assert fragment.format(tmp=tmp_path) in err
     if code == 0:
         assert "nan" not in out and (err == "" or err.startswith("warning: ")) and err.count("\n") <= 1
     elif fragment.startswith("invalid choice"):  # argparse: its usage, then one error line

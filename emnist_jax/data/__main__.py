@@ -3,7 +3,12 @@
     python -m emnist_jax.data info [--data SRC] [--split S] [--out DIR]
     python -m emnist_jax.data download [--split S|all] [--dest DIR] [--format matlab|gzip]
 
-Exit codes: 0 ok, 2 bad input or data, or an unwritable --out/--dest (one line on stderr, no
+``info --out`` follows the report's rules (:mod:`emnist_jax.report.output`): the figures are drawn
+into a hidden private folder that replaces ``--out`` whole, and an existing ``--out`` is replaced
+only when ``data info`` made it (its marker, nothing but its own files, this user's folder); a
+folder of the user's own files is refused and left as it was.
+
+Exit codes: 0 ok, 2 bad input or data, or an unusable --out/--dest (one line on stderr, no
 traceback), 130 interrupted, 141 when the reader of stdout went away (``info | head -1``: the
 status a Unix filter killed by SIGPIPE reports, so ``set -o pipefail`` scripts see the same
 as with ``cat``; nothing after the lost line is done, the figures included).
@@ -12,7 +17,6 @@ as with ``cat``; nothing after the lost line is done, the figures included).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -30,6 +34,12 @@ def _percent(part: int, whole: int) -> str:
 
 
 def info(data: str, split: str | None, out: str) -> None:
+    from emnist_jax.report import output  # the --out rules every command that writes a folder follows
+
+    try:
+        target = output.check_target(out, output.DATA_INFO)  # before loading: refused in a second, not minutes
+    except output.OutputError as error:
+        raise EmnistDataError(str(error)) from None
     start = time.perf_counter()
     dataset = load(data, split)
     seconds = time.perf_counter() - start
@@ -48,30 +58,23 @@ def info(data: str, split: str | None, out: str) -> None:
     sys.stdout.flush()  # a closed pipe shows here, before any figure is drawn
     from emnist_jax import plots  # matplotlib only when a figure is wanted
 
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise EmnistDataError(f"{out}: --out is a file, not a folder")
-    created = not os.path.exists(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        raise EmnistDataError(f"{error.filename or out}: cannot create the --out folder: {os_reason(error)}") from None
-    written = []
-    try:  # plots.save writes a temporary file and renames it: no half-written figure is left
-        written.append(plots.save(plots.sample_grid(dataset), os.path.join(out, "samples.png")))
+    names = ("samples.png", "class_distribution.png")
+    staging = None
+    try:  # both figures in a hidden folder, swapped in whole: a failed run leaves nothing and removes nothing
+        output.clean_stale(target.parent, lambda line: print(line, file=sys.stderr))
+        staging = output.Staging(target, output.DATA_INFO)
+        plots.save(plots.sample_grid(dataset), staging.folder / names[0])
         subtitle = f"{dataset.split}, {'SYNTHETIC embedded default' if dataset.synthetic else dataset.source}"
-        written.append(plots.save(plots.class_distribution(train, test, dataset.classes, subtitle),
-                                  os.path.join(out, "class_distribution.png")))
-    except BaseException as error:
-        for path in written:  # both figures or none: a failed run leaves no half of its output
-            os.remove(path)
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(out)  # only if empty: never anything we did not make
-        if isinstance(error, OSError):
-            raise EmnistDataError(f"{out}: cannot write the figures: {os_reason(error)}") from None
-        raise
-    grid, counts = written
-    print(f"\nwrote {grid}\nwrote {counts}")
+        plots.save(plots.class_distribution(train, test, dataset.classes, subtitle), staging.folder / names[1])
+        staging.commit()
+    except output.OutputError as error:
+        raise EmnistDataError(str(error)) from None
+    except OSError as error:
+        raise EmnistDataError(f"--out {out}: cannot write the figures: {os_reason(error)}") from None
+    finally:
+        if staging is not None:
+            staging.discard()  # nothing left once committed
+    print("".join(f"\nwrote {target / name}" for name in names))
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,9 +1,15 @@
 """On-disk cache of converted arrays, so a second ``load`` of the same file is fast.
 
-Entries live in ``$EMNIST_JAX_CACHE`` (default ``~/.cache/emnist_jax``) as uncompressed ``.npz``
-files keyed by the source files' path, size and modification time: editing or replacing a
-source file changes the key. An entry that cannot be read back whole (zip CRCs are checked on
-read) or holds arrays of the wrong type is deleted and rebuilt, never used.
+Entries live in ``$EMNIST_JAX_CACHE`` (default ``~/.cache/emnist_jax``; an empty value means the
+default) as uncompressed ``.npz`` files keyed by the source files' path, size and modification
+time: editing or replacing a source file changes the key. An entry that cannot be read back whole
+(zip CRCs are checked on read) or holds arrays of the wrong type is deleted and rebuilt, never used.
+
+The key is computed from what any user can read, so on a shared machine the folder is what keeps
+the entries honest: it is created private (0700, :func:`~emnist_jax.private.private_folder`), and
+a folder of another user, or one that group or others may write, is not used at all. Entries are
+read through :func:`~emnist_jax.private.open_trusted`: an entry of another user, or a link, is
+never read (and never deleted).
 
 The cache is an optimisation, never a reason to fail: :func:`read` and :func:`write` raise
 :class:`CacheUnusable` (path and reason) when the folder or an entry cannot be used, and the
@@ -13,6 +19,7 @@ caller loads from the source and says so once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -24,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from emnist_jax.data.formats import aligned_empty, os_reason
+from emnist_jax.private import UntrustedPath, check_folder, open_trusted, private_folder
 
 #: Bump when the stored arrays' meaning changes.
 CACHE_VERSION = 1
@@ -48,6 +56,40 @@ class CacheUnusable(Exception):
 def cache_dir() -> Path:
     """The cache folder: ``$EMNIST_JAX_CACHE`` or ``~/.cache/emnist_jax``."""
     return Path(os.environ.get("EMNIST_JAX_CACHE") or Path.home() / ".cache" / "emnist_jax")
+
+
+def untrusted(problem: UntrustedPath) -> CacheUnusable:
+    """:class:`CacheUnusable` for a refused path, worded as the other cache problems are."""
+    reason = problem.reason
+    if reason == "is not a folder" and os.path.isfile(problem.path):
+        reason = "is a file, not a folder"
+    elif "symbolic link" in reason:
+        try:
+            os.stat(problem.path)
+        except OSError as error:  # a loop or a dangling link says more than "a link"
+            if error.errno == errno.ELOOP:
+                reason = f"{os_reason(error)}; not followed"
+    return CacheUnusable(problem.path, reason)
+
+
+def trusted_folder(create: bool) -> Path | None:
+    """The cache folder if it may be used: None when it does not exist (and ``create`` is false);
+    created private when ``create`` is true. Raises CacheUnusable (path and reason) when it is
+    another user's, writable by group or others, a link, a file, or cannot be made."""
+    folder = cache_dir()
+    try:
+        if create:
+            return private_folder(folder)
+        check_folder(folder)
+        return folder
+    except UntrustedPath as problem:
+        if not create and problem.reason == "does not exist":
+            return None
+        raise untrusted(problem) from None
+    except OSError as error:  # a part of the path is a file, a loop, unreadable ...
+        if os.path.isfile(folder):
+            raise CacheUnusable(folder, "is a file, not a folder") from None
+        raise CacheUnusable(folder if error.filename is None else error.filename, os_reason(error)) from None
 
 
 def fingerprint(paths: list[str], split: str) -> str:
@@ -79,26 +121,27 @@ def _check(arrays: dict[str, np.ndarray]) -> None:
 def read(key: str) -> dict[str, np.ndarray] | None:
     """The cached arrays for ``key``, or None on a miss (also after deleting a corrupt entry).
 
-    Raises CacheUnusable when the entry exists but cannot be read, or is corrupt and cannot
-    be deleted.
+    Raises CacheUnusable when the folder cannot be trusted, or the entry exists but cannot be
+    trusted or read, or is corrupt and cannot be deleted.
     """
-    path = _entry(key)
+    folder = trusted_folder(create=False)
+    if folder is None:
+        return None
+    path = folder / f"arrays-{key}.npz"
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise CacheUnusable(path, "is a folder, not a cache file")
+        fd = open_trusted(path)
     except FileNotFoundError:
         return None
-    except OSError as error:  # the cache folder is a file, a link loop, unreadable ...
-        folder = cache_dir()
-        if folder.exists() and not folder.is_dir():
-            raise CacheUnusable(folder, "is a file, not a folder") from None
+    except UntrustedPath as problem:
+        raise untrusted(problem) from None
+    except OSError as error:
         raise CacheUnusable(path, os_reason(error)) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise CacheUnusable(path, "is a folder, not a cache file" if stat.S_ISDIR(info.st_mode)
-                            else "is not a regular file")
     try:
-        with np.load(path, allow_pickle=False) as entry:
-            arrays = {name: entry[name] for name in ARRAYS if name not in IMAGES}
-        with zipfile.ZipFile(path) as archive:
+        with os.fdopen(fd, "rb") as f, zipfile.ZipFile(f) as archive:
+            arrays = {name: _read_small(archive, name) for name in ARRAYS if name not in IMAGES}
             arrays.update({name: _read_aligned(archive, name) for name in IMAGES})
         _check(arrays)
         return arrays
@@ -109,13 +152,18 @@ def read(key: str) -> dict[str, np.ndarray] | None:
     except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         problem = str(error) or type(error).__name__
     try:
-        path.unlink()
+        path.unlink()  # our own file in our own private folder: open_trusted checked both
     except FileNotFoundError:
         pass
     except OSError as error:
         raise CacheUnusable(path, f"corrupt entry ({problem.splitlines()[0]}) that cannot be deleted: "
                                   f"{os_reason(error)}") from None
     return None
+
+
+def _read_small(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    with archive.open(f"{name}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _read_aligned(archive: zipfile.ZipFile, name: str, block: int = 1 << 24) -> np.ndarray:
@@ -152,10 +200,10 @@ def write(key: str, arrays: dict[str, np.ndarray]) -> None:
     Raises CacheUnusable when the folder or the entry cannot be written; no temporary file
     is left behind either way.
     """
-    folder, final = cache_dir(), _entry(key)
+    folder = trusted_folder(create=True)
+    final = _entry(key)
     where, tmp = folder, None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(folder)
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
         where = final
@@ -163,12 +211,7 @@ def write(key: str, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **{name: arrays[name] for name in ARRAYS})
         os.replace(tmp, final)
     except OSError as error:
-        if where == final and final.is_dir():
-            reason = "is a folder, not a cache file"
-        elif where == folder and folder.exists() and not folder.is_dir():
-            reason = "is a file, not a folder"
-        else:
-            reason = os_reason(error)
+        reason = "is a folder, not a cache file" if where == final and final.is_dir() else os_reason(error)
         raise CacheUnusable(where, reason) from None
     finally:
         if tmp is not None:

@@ -6,7 +6,8 @@ Guarantees (each one tested in tests/test_download.py and tests/test_reliability
   and only renamed to its final name (``matlab.zip``, ``gzip.zip``) after it passed every
   check: the published checksum where there is one (gzip.zip's MD5), a readable zip whose
   every member's CRC matches, every member with an official SHA-256 (``official.FILES``)
-  matching it, and no entry that would land outside ``dest`` (zip slip). A failed, truncated
+  matching it, no entry that would land outside ``dest`` (zip slip), no file name twice and no
+  encrypted member (:func:`~emnist_jax.data.formats.zip_members`). A failed, truncated
   or interrupted download, or an HTML page served instead of the archive, leaves nothing
   behind, so a retry downloads again.
 - The split's files are extracted through temporary files and renamed only when all of them
@@ -28,7 +29,7 @@ from pathlib import Path
 import pooch
 
 from emnist_jax.data import official
-from emnist_jax.data.formats import EmnistDataError, os_reason
+from emnist_jax.data.formats import EmnistDataError, os_reason, zip_members
 
 _BLOCK = 1 << 20
 
@@ -77,8 +78,8 @@ def verify_archive(archive_path: Path, label: str, known_hash: str | None, membe
         except zipfile.BadZipFile:
             raise EmnistDataError(_not_a_zip(archive_path, label)) from None
         with archive:
+            by_name = zip_members(archive, label)  # no '..', no name twice, nothing encrypted
             _check_members(archive, dest, label)
-            by_name = {os.path.basename(m): m for m in archive.namelist() if not m.endswith("/")}
             missing = [name for name in members if name not in by_name]
             if missing:
                 raise EmnistDataError(f"{label}: archive has no member {missing[0]}")

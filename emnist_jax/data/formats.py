@@ -15,9 +15,12 @@ import errno
 import gzip
 import io
 import os
+import re
 import struct
+import unicodedata
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -96,34 +99,82 @@ class Mapping:
         return position.astype(np.int32)
 
 
+#: the largest Unicode code point
+MAX_CODE = 0x10FFFF
+#: the largest mapping file read (the official ones have 60..447 bytes)
+MAX_MAPPING_BYTES = 1 << 20
+
+
 def mapping_from_rows(rows: np.ndarray, name: str) -> Mapping:
-    """Rows of ``label code [code]`` (letters has two codes: upper and lower case)."""
+    """Rows of ``label code [code]`` (letters has two codes: upper and lower case).
+
+    Refused, as ambiguous: a label listed twice, labels that are not consecutive, a code that is
+    no visible character (a control or format character, white space, a surrogate, an unassigned
+    code point), and a character given to two classes.
+    """
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] < 2 or len(rows) == 0:
         raise EmnistDataError(f"{name}: mapping must have rows 'label code [code]', got shape {rows.shape}")
     if not _whole_non_negative(rows):
         raise EmnistDataError(f"{name}: mapping must hold whole numbers >= 0, found {describe_values(rows)}")
+    top = rows.max()
+    if top > MAX_CODE:  # checked before the cast: a larger float would not survive it
+        shown = _number(top) if top < 1e15 else f"{float(top):g}"
+        raise EmnistDataError(f"{name}: mapping holds {shown}, more than any label or character code "
+                              f"(at most {MAX_CODE})")
     order = np.argsort(rows[:, 0], kind="stable")
     rows = rows[order].astype(np.int64)
-    if len(set(rows[:, 0].tolist())) != len(rows):
+    labels = rows[:, 0].tolist()
+    if len(set(labels)) != len(rows):
         raise EmnistDataError(f"{name}: mapping lists a label twice")
-    try:
-        classes = tuple("".join(chr(c) for c in row[1:]) for row in rows)
-    except (ValueError, OverflowError) as error:
-        raise EmnistDataError(f"{name}: mapping holds a code that is no character ({error})") from None
-    return Mapping(tuple(rows[:, 0].tolist()), classes)
+    gap = next((i for i in range(1, len(labels)) if labels[i] != labels[i - 1] + 1), None)
+    if gap is not None:
+        raise EmnistDataError(f"{name}: mapping's labels are not consecutive ({labels[gap - 1]} is followed by "
+                              f"{labels[gap]})")
+    owner: dict[str, int] = {}
+    for label, *codes in rows.tolist():
+        for code in codes:
+            char = chr(code)
+            kind = unicodedata.category(char)
+            if kind[0] in "CZ":
+                raise EmnistDataError(f"{name}: mapping gives label {label} the code U+{code:04X} "
+                                      f"({_CATEGORIES.get(kind, kind)}), which is no visible character")
+            if char in owner:
+                raise EmnistDataError(f"{name}: mapping gives the character {char!r} twice (labels {owner[char]} "
+                                      f"and {label}); which class it names is ambiguous")
+            owner[char] = label
+    return Mapping(tuple(labels), tuple("".join(chr(c) for c in row[1:]) for row in rows.tolist()))
+
+
+_CATEGORIES = {"Cc": "a control character", "Cf": "a format character", "Cs": "a surrogate",
+               "Co": "a private-use code point", "Cn": "an unassigned code point", "Zs": "a space",
+               "Zl": "a line separator", "Zp": "a paragraph separator"}
 
 
 def read_mapping_text(text: str, name: str) -> Mapping:
-    """Parse an ``emnist-<split>-mapping.txt`` file's text."""
+    """Parse an ``emnist-<split>-mapping.txt`` file's text: rows of decimal numbers."""
     try:
-        rows = [[int(v) for v in line.split()] for line in text.splitlines() if line.strip()]
-        widths = {len(r) for r in rows}
-        if len(widths) != 1:
+        rows = []
+        for line in text.splitlines():
+            fields = line.split()
+            bad = next((f for f in fields if not re.fullmatch(r"[0-9]{1,9}", f)), None)
+            if bad is not None:
+                raise ValueError(f"{bad[:20]!r} is not a number 0..999999999")
+            if fields:
+                rows.append([int(f) for f in fields])
+        if len({len(r) for r in rows}) > 1:
             raise ValueError("rows of different length")
     except ValueError as error:
         raise EmnistDataError(f"{name}: not a mapping file ({error})") from None
-    return mapping_from_rows(np.array(rows), name)
+    return mapping_from_rows(np.array(rows, np.int64).reshape(len(rows), -1) if rows else np.zeros((0,)), name)
+
+
+def read_mapping_file(stream: BinaryIO, name: str) -> Mapping:
+    """A mapping file from an open binary stream (read up to :data:`MAX_MAPPING_BYTES`)."""
+    data = stream.read(MAX_MAPPING_BYTES + 1)
+    if len(data) > MAX_MAPPING_BYTES:
+        raise EmnistDataError(f"{name}: more than {MAX_MAPPING_BYTES:,} bytes; not a mapping file")
+    return read_mapping_text(data.decode("ascii", errors="replace"), name)
 
 
 def _read_exact(stream: BinaryIO, buffer: memoryview) -> int:
@@ -136,10 +187,23 @@ def _read_exact(stream: BinaryIO, buffer: memoryview) -> int:
     return filled
 
 
-def read_idx(stream: BinaryIO, name: str) -> np.ndarray:
+#: the most deflate (gzip, zip) can expand its input: 258 bytes from 2 bits (RFC 1951), about 1032:1
+MAX_DEFLATE_RATIO = 1032
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def read_idx(stream: BinaryIO, name: str, size: int | None = None, compressed: bool = False) -> np.ndarray:
     """An IDX file (plain or gzip stream) -> (N,) labels or (N, 784) image rows, uint8.
 
     The payload is read straight into its final array, so the file's data exists once in memory.
+    ``size`` is the file's size in bytes (``compressed``: of its gzip form): a header that claims
+    more than such a file can hold is refused before anything is allocated.
     """
     try:
         header = stream.read(8)
@@ -158,6 +222,7 @@ def read_idx(stream: BinaryIO, name: str) -> np.ndarray:
                                   f"(expected {IDX_LABELS_MAGIC} for labels or {IDX_IMAGES_MAGIC} for images)")
         if count < 0:
             raise EmnistDataError(f"{name}: negative item count {count} in the IDX header")
+        _check_claim(name, shape, 8 if magic == IDX_LABELS_MAGIC else 16, size, compressed)
         data = np.empty(shape, np.uint8)
         filled = _read_exact(stream, memoryview(data.reshape(-1)))
         if filled < data.size:
@@ -170,9 +235,54 @@ def read_idx(stream: BinaryIO, name: str) -> np.ndarray:
     return data
 
 
+def _check_claim(name: str, shape: tuple[int, ...], header: int, size: int | None, compressed: bool) -> None:
+    """Refuse an IDX header that claims more items than a file of ``size`` bytes can hold."""
+    if size is None:
+        return
+    item, count = int(np.prod(shape[1:])), shape[0]
+    if not compressed and count * item > size - header:
+        raise EmnistDataError(f"{name}: header says {count:,} items but the payload ends after "
+                              f"{max(size - header, 0) // item:,} (a file of {size:,} bytes)")
+    if compressed and count * item > size * MAX_DEFLATE_RATIO:
+        kind = "images" if len(shape) == 2 else "labels"
+        raise EmnistDataError(f"{name}: header claims {count:,} {kind} ({_bytes(count * item)}), more than a "
+                              f"{_bytes(size)} gzip file can hold (at most {_bytes(size * MAX_DEFLATE_RATIO)})")
+
+
 def open_idx(path: str) -> BinaryIO:
     """Open an IDX file, decompressing on the fly when its name ends in .gz."""
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+#: compression methods zipfile reads: stored, deflate, bzip2, lzma
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                zipfile.ZIP_LZMA: "lzma"}
+
+
+def zip_members(archive: zipfile.ZipFile, label: str) -> dict[str, zipfile.ZipInfo]:
+    """The files of an archive by base name, or EmnistDataError (one line) for an archive that is
+    ambiguous or cannot be read whole: a name that is absolute or climbs with '..', two files of
+    one base name, an encrypted file, one compressed with a method zipfile cannot read."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        parts = info.filename.replace("\\", "/").split("/")
+        if info.filename.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.filename) or ".." in parts:
+            raise EmnistDataError(f"{label}: refusing archive entry {info.filename!r}: an absolute path or one "
+                                  "with '..'")
+        if info.is_dir():
+            continue
+        base = parts[-1]
+        if base in members:
+            raise EmnistDataError(f"{label}: archive holds {base} twice ({members[base].filename!r} and "
+                                  f"{info.filename!r}); which one is meant is ambiguous")
+        if info.flag_bits & 0x1:
+            raise EmnistDataError(f"{label}:{info.filename}: is encrypted; the official archives are not "
+                                  "(extract it yourself and give the file)")
+        if info.compress_type not in _ZIP_METHODS:
+            raise EmnistDataError(f"{label}:{info.filename}: compressed with method {info.compress_type}, which "
+                                  f"cannot be read (only {', '.join(_ZIP_METHODS.values())})")
+        members[base] = info
+    return members
 
 
 @dataclass(frozen=True)
@@ -258,8 +368,8 @@ def read_mat(source: str | BinaryIO, name: str) -> RawSplit:
     if "dataset" not in contents:
         raise EmnistDataError(f"{name}: no 'dataset' struct in this .mat file")
     try:
-        dataset = contents["dataset"][0, 0]
-        parts = {(part, field): np.asarray(dataset[part][0, 0][field])
+        dataset = _one_struct(contents["dataset"], name, "dataset")
+        parts = {(part, field): np.asarray(_one_struct(dataset[part], name, f"dataset.{part}")[field])
                  for part in ("train", "test") for field in ("images", "labels")}
         mapping_rows = dataset["mapping"]
     except (ValueError, IndexError, KeyError, TypeError) as error:
@@ -273,6 +383,13 @@ def read_mat(source: str | BinaryIO, name: str) -> RawSplit:
                     parts[("test", "images")], parts[("test", "labels")].reshape(-1),
                     mapping_from_rows(mapping_rows, name),
                     synthetic=bool(np.asarray(contents.get("emnist_jax_synthetic", 0)).any()))
+
+
+def _one_struct(value: np.ndarray, name: str, what: str):
+    """The one struct of a MATLAB struct array; several would be ambiguous (only the first was read)."""
+    if value.size != 1:
+        raise EmnistDataError(f"{name}: '{what}' is an array of {value.size} structs, expected one")
+    return value.reshape(-1)[0]
 
 
 def _first_line(error: Exception) -> str:

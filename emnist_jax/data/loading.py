@@ -30,10 +30,11 @@ import numpy as np
 
 from emnist_jax import synthetic
 from emnist_jax.data import cache
-from emnist_jax.data.formats import (EmnistDataError, Mapping, RawSplit, check_pair, mat_bytes, mat_contents,
-                                     open_idx, os_reason, read_idx, read_mapping_text, read_mat, reading,
-                                     save_mat, upright)
+from emnist_jax.data.formats import (EmnistDataError, Mapping, RawSplit, check_pair, mat_bytes,
+                                     mat_contents, open_idx, os_reason, read_idx, read_mapping_file, read_mat,
+                                     reading, save_mat, upright, zip_members)
 from emnist_jax.data.official import SPLITS
+from emnist_jax.private import UntrustedPath, open_trusted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +99,37 @@ def default_file(seed: int = 0, size: tuple[int, int] | None = None) -> Path:
     """The embedded default data set as an official-layout ``.mat`` in the cache (made once).
 
     ``size`` is (train, test), :data:`DEFAULT_SIZE` when None. Raises EmnistDataError (one line)
-    when the cache folder cannot hold it; ``load("default")`` then generates it in memory.
+    when the cache folder cannot hold it, or when the folder or a file already under that name
+    cannot be trusted (another user's, writable by group or others, a link: see
+    :mod:`emnist_jax.private`); ``load("default")`` then generates it in memory.
     """
     size = tuple(size or DEFAULT_SIZE)
-    folder = cache.cache_dir()
-    path = folder / f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
-    if path.is_file():
+    name = f"synthetic-v{synthetic.GENERATOR_VERSION}-seed{seed}-{size[0]}x{size[1]}.mat"
+    try:
+        folder = cache.trusted_folder(create=True)
+    except cache.CacheUnusable as problem:
+        raise EmnistDataError(f"cannot store the embedded default data set: {problem}") from None
+    path = folder / name
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise EmnistDataError(f"cannot store the embedded default data set: {path}: is a folder, not a file")
+        os.close(open_trusted(path))  # the folder is private: nobody else can swap the file afterwards
         return path
+    except FileNotFoundError:
+        pass
+    except UntrustedPath as problem:
+        raise EmnistDataError(f"cannot use the embedded default data set: {cache.untrusted(problem)}") from None
+    except OSError as error:
+        raise EmnistDataError(f"cannot use the embedded default data set: {path}: {os_reason(error)}") from None
     tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         # The temporary file first: an unwritable folder is found before ~20 s of generating.
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as f:
             save_mat(f, _default_contents(seed, size, f"once, into {path}"))
         os.replace(tmp, path)
     except OSError as error:
-        if folder.exists() and not folder.is_dir():
-            where, reason = folder, "is a file, not a folder"
-        else:
-            where, reason = (path if path.exists() else folder), os_reason(error)
+        where, reason = (path if os.path.lexists(path) else folder), os_reason(error)
         if path.is_dir():
             reason = "is a folder, not a file"
         raise EmnistDataError(f"cannot store the embedded default data set: {where}: {reason}") from None
@@ -184,6 +196,9 @@ def _idx_files(folder: str, split: str) -> dict[tuple[str, str], str]:
         if not found:
             raise EmnistDataError(f"{os.path.join(folder, base)}[.gz]: file not found "
                                   f"(folder {folder} lacks split {split!r})")
+        if len(found) > 1:
+            raise EmnistDataError(f"{os.path.join(folder, base)}: both {base} and {base}.gz exist; which one is "
+                                  "meant is ambiguous (move one away)")
         files[key] = _regular_file(os.path.join(folder, found[0]))
     mapping = os.path.join(folder, f"emnist-{split}-mapping.txt")
     if os.path.basename(mapping) not in names:
@@ -194,12 +209,13 @@ def _idx_files(folder: str, split: str) -> dict[tuple[str, str], str]:
 
 def _read_idx_folder(files: dict[tuple[str, str], str]) -> RawSplit:
     def idx(key: tuple[str, str]) -> np.ndarray:
-        with open_idx(files[key]) as stream:
-            return read_idx(stream, files[key])
+        path = files[key]
+        with open_idx(path) as stream:
+            return read_idx(stream, path, os.fstat(stream.fileno()).st_size, path.endswith(".gz"))
 
     mapping_path = files[("mapping", "")]
-    with open(mapping_path, encoding="ascii", errors="replace") as f:
-        mapping = read_mapping_text(f.read(), mapping_path)
+    with open(mapping_path, "rb") as f:
+        mapping = read_mapping_file(f, mapping_path)
     return _raw_from_idx(idx, mapping, os.path.dirname(mapping_path))
 
 
@@ -217,24 +233,30 @@ def _raw_from_idx(read, mapping: Mapping, name: str) -> RawSplit:
 def _read_zip(path: str, split: str) -> RawSplit:
     try:
         with zipfile.ZipFile(path) as archive:
-            members = {os.path.basename(m): m for m in archive.namelist()}
+            members = zip_members(archive, path)
             mat = f"emnist-{split}.mat"
-            if mat in members:
-                with archive.open(members[mat]) as stream:
-                    return read_mat(stream, f"{path}:{members[mat]}")
             wanted = {key: f"emnist-{split}-{part}-ubyte.gz" for key, part in _IDX_PARTS.items()}
             mapping_name = f"emnist-{split}-mapping.txt"
-            missing = [n for n in [*wanted.values(), mapping_name] if n not in members]
+            idx_names = [*wanted.values(), mapping_name]
+            if mat in members:
+                both = next((n for n in idx_names if n in members), None)
+                if both:
+                    raise EmnistDataError(f"{path}: archive holds split {split!r} twice, as {mat} and as IDX files "
+                                          f"({both}); which one is meant is ambiguous")
+                with archive.open(members[mat]) as stream:
+                    return read_mat(stream, f"{path}:{members[mat].filename}")
+            missing = [n for n in idx_names if n not in members]
             if missing:
                 raise EmnistDataError(f"{path}: archive has neither {mat} nor {missing[0]}")
 
             def idx(key: tuple[str, str]) -> np.ndarray:
                 member = members[wanted[key]]
                 with archive.open(member) as raw, gzip.GzipFile(fileobj=raw) as stream:
-                    return read_idx(stream, f"{path}:{member}")
+                    return read_idx(stream, f"{path}:{member.filename}", member.file_size, compressed=True)
 
-            text = archive.read(members[mapping_name]).decode("ascii", errors="replace")
-            return _raw_from_idx(idx, read_mapping_text(text, f"{path}:{members[mapping_name]}"), path)
+            with archive.open(members[mapping_name]) as stream:
+                mapping = read_mapping_file(stream, f"{path}:{members[mapping_name].filename}")
+            return _raw_from_idx(idx, mapping, path)
     except zipfile.BadZipFile as error:
         raise EmnistDataError(f"{path}: corrupt or truncated zip archive ({error})") from None
 
