@@ -76,7 +76,7 @@ def shared_folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o1777)
     for parent in path.parents:  # the neighbour must be able to reach it (pytest's tmp folders are 0700)
-        if parent == Path(parent.anchor) or stat.S_IMODE(parent.stat().st_mode) & 0o001:
-            break
-        os.chmod(parent, stat.S_IMODE(parent.stat().st_mode) | 0o711)
+        mode = stat.S_IMODE(parent.stat().st_mode)
+        if parent != Path(parent.anchor) and not mode & 0o001:
+            os.chmod(parent, mode | 0o711)
     return path
