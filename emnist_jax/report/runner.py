@@ -1,7 +1,7 @@
 """One report run: load the data, run (or reuse) each stage, write the report, swap it in.
 
 Exit codes: 0 ok, 1 a stage failed (the others still ran; the report says which failed),
-2 bad input (data, ``--out``, ``--resume`` state), 130 interrupted (Ctrl-C or SIGTERM: the
+2 bad input (data, ``--out``, ``--resume`` state), 130 interrupted (Ctrl-C, SIGTERM or SIGHUP: the
 partial output is removed, finished stages stay stored for ``--resume``).
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 from emnist_jax.profiles import Profile
 
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
+#: a closed terminal or ssh connection (SIGHUP) and ``kill`` (SIGTERM) end a run like Ctrl-C
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: metrics.json keys that hold measurements (wall clock, CPU, memory); everything else is equal
 #: between an uninterrupted run and a resumed one
 TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second",
@@ -99,33 +101,43 @@ def default_out(source: str, split: str, profile: str) -> Path:
     return Path("reports") / f"{name}-{split}-{profile}"
 
 
+def _say(message: str) -> None:
+    """A line on stderr, if there still is one: after SIGHUP the terminal may be gone (EIO)."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError):  # nothing left to flush at exit, which would fail again
+            sys.stderr = open(os.devnull, "w")
+
+
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    _say(f"error: {message}")
     return 2
 
 
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM (a closed session, ``kill``) is handled like Ctrl-C: stop, keep what is stored, exit 130."""
+    """SIGTERM and SIGHUP are handled like Ctrl-C: stop, keep what is stored, exit 130."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in TERMINATING}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT/SIGTERM while the finished report is swapped in; yields the list of those received."""
+    """Hold SIGINT, SIGTERM and SIGHUP while the finished report is swapped in; yields those received."""
     pending: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *TERMINATING)}
     for s in previous:
         signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
@@ -203,7 +215,7 @@ def _run(options: Options) -> int:
                 continue
             current = stage
             started, cpu_started = time.perf_counter(), usage()[0]
-            result = state.load(stage) if (state and options.resume) else None
+            result = state.load(stage, log) if (state and options.resume) else None
             if result is not None:
                 resumed.append(stage)
                 log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
@@ -271,14 +283,14 @@ def _run(options: Options) -> int:
             staging.commit()
             state.remove()
         if pending:
-            print(f"interrupted while writing; the report is complete in {target}", file=sys.stderr, flush=True)
+            _say(f"interrupted while writing; the report is complete in {target}")
             return 130
     except KeyboardInterrupt as interrupt:
         where = f"stage {current}" if current in STAGE_NAMES else current
         if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
             where += f" (CNN epoch {interrupt.epoch}, step {interrupt.step}, checkpoint saved)"
         hint = "; rerun with --resume to continue" if state else "; nothing was written"
-        print(f"interrupted during {where}{hint}", file=sys.stderr, flush=True)
+        _say(f"interrupted during {where}{hint}")
         return 130
     except output.OutputError as error:
         return _error(f"{error}; the finished stages are stored: rerun with --resume once --out is free")
