@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import resource
 import select
@@ -231,6 +232,13 @@ def stage_ran_again(work):
     assert metrics["resumed_stages"] == [] and metrics["class_counts"] == {"train": [1], "test": [1]}
 
 
+def library_log_kept(work):
+    text = (work / OUT / "data-error.txt").read_text()
+    assert "RuntimeError: cannot write checkpoint 13" in text
+    assert "WARNING:absl:the file system is slow\nERROR:absl:a thread raised an exception\nTraceback" in text
+    assert "OSError: [Errno 27] File too large" in text
+
+
 def interrupted_in_mi(id: str, how: str) -> Case:
     """A signal (or a fault) during stage mi: exit 130, one line, the data stage kept for --resume."""
     return Case(id, ("--out", OUT, "--only", "data,mi"), 130,
@@ -381,6 +389,12 @@ CASES = [
          "interrupted while writing; the report is complete in", allowed_new=(OUT,), how="SIGHUP-in-commit",
          check=report_made),
     interrupted_in_mi("terminal-closed-in-a-stage", "hangup"),
+    # a library's own log in a failing stage goes to the stage's traceback file, not to stderr
+    Case("library-traceback-in-a-failing-stage", ("--out", OUT, "--only", "data"), 1,
+         "data FAILED: RuntimeError: cannot write checkpoint 13 (traceback in data-error.txt)",
+         allowed_new=(OUT,), how="library-log-fail", check=library_log_kept),
+    Case("library-warning-in-a-finished-stage-printed", ("--out", OUT, "--only", "data"), 0,
+         "the file system is slow", allowed_new=(OUT,), how="library-log-ok", check=report_made),
 ]
 
 
@@ -460,6 +474,20 @@ def hang_up_in_mi(argv: list[str], work: Path) -> tuple[int, str]:
     return child.returncode, seen.decode(errors="replace") + err
 
 
+def logging_library(fails: bool):
+    """A data stage in which a library logs as orbax does (a warning; a traceback when it fails)."""
+    def data(inputs):
+        logging.getLogger("absl").warning("the file system is slow")
+        if fails:
+            try:
+                raise OSError(27, "File too large")
+            except OSError:
+                logging.getLogger("absl").exception("a thread raised an exception")
+            raise RuntimeError("cannot write checkpoint 13")
+        return store.StageResult({"class_counts": {"train": [1], "test": [1]}})
+    return data
+
+
 def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tuple[int, str]:
     if case.how == "subprocess":
         done = subprocess.run([sys.executable, "-m", "emnist_jax.report", *argv], capture_output=True, text=True,
@@ -482,6 +510,14 @@ def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tu
 
         monkeypatch.setattr(output.Staging, "commit", interrupted_commit)
         return in_process(argv, capsys)
+    if case.how.startswith("library-log-"):
+        monkeypatch.setitem(stages.STAGES, "data", logging_library(fails=case.how.endswith("fail")))
+        printed = logging.StreamHandler(sys.stderr)  # where a library's log goes unless told otherwise
+        logging.getLogger().addHandler(printed)
+        try:
+            return in_process(argv, capsys)
+        finally:
+            logging.getLogger().removeHandler(printed)
     if case.how == "hangup":
         return hang_up_in_mi(argv, work)
     if case.how in ("SIGINT", "SIGTERM", "SIGHUP"):
@@ -530,7 +566,8 @@ def test_report_fault(case, tiny_dataset, tmp_path, monkeypatch, capsys, light_d
     assert case.message in text, text
     assert "Traceback" not in text
     if code != 0:
-        assert len([line for line in text.splitlines() if "error:" in line or line.startswith("interrupted")]) == 1, text
+        assert len([line for line in text.splitlines()
+                    if "error:" in line or line.startswith("interrupted") or " FAILED: " in line]) == 1, text
     problems = unchanged_except(without(before, case.replaced), without(snapshot(work), case.replaced),
                                 case.allowed_new)
     assert not problems, problems

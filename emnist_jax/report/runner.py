@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -147,12 +148,44 @@ def _signals_deferred():
             signal.signal(s, handler)
 
 
-def _failed(stage: str, error: Exception, status: dict, staging) -> None:
+@contextlib.contextmanager
+def _library_log_held(held: list):
+    """Hold the libraries' log records in ``held`` during a stage.
+
+    A library that fails inside a stage may log its own tracebacks first (orbax logs one per
+    thread when a checkpoint cannot be written). When the stage raises, they stay in ``held`` for
+    its traceback file, under the one line that says it failed; otherwise they are printed as usual.
+    """
+    root = logging.getLogger()
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handlers, root.handlers = root.handlers, [Hold()]
+    failed = False
+    try:
+        yield
+    except Exception:
+        failed = True
+        raise
+    finally:
+        root.handlers = handlers
+        if not failed:
+            for record in held:
+                root.handle(record)
+            held.clear()
+
+
+def _failed(stage: str, error: Exception, status: dict, staging, held: list | None = None) -> None:
     status[stage] = f"failed: {type(error).__name__}: {error}".splitlines()[0]
     if staging:
-        (staging.folder / f"{stage}-error.txt").write_text(traceback.format_exc())
-    print(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)",
-          file=sys.stderr, flush=True)
+        text = traceback.format_exc()
+        if held:
+            formatter = logging.Formatter("%(levelname)s:%(name)s:%(message)s")
+            text += "\nThe libraries' log during the stage:\n" + "\n".join(formatter.format(r) for r in held) + "\n"
+        (staging.folder / f"{stage}-error.txt").write_text(text)
+    _say(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)")
 
 
 def run(options: Options) -> int:
@@ -221,11 +254,13 @@ def _run(options: Options) -> int:
                 log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
             else:
                 log(f"{stage}: {describe(stage, inputs)}")
+                held: list = []
                 try:
-                    result = STAGES[stage](inputs)
+                    with _library_log_held(held):
+                        result = STAGES[stage](inputs)
                     result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
                 except Exception as error:  # a failed stage is reported; the others still run
-                    _failed(stage, error, status, staging)
+                    _failed(stage, error, status, staging, held)
                     cpu_seconds[stage] = usage()[0] - cpu_started
                 else:
                     result.seconds = time.perf_counter() - started
