@@ -171,6 +171,14 @@ def own_state_with_link(name: str):
     return setup
 
 
+def state_under_umask_000(work, tiny):
+    old = os.umask(0)
+    try:
+        state(work, tiny)
+    finally:
+        os.umask(old)
+
+
 def own_state_mode(mode: int):
     def setup(work, tiny):
         state(work, tiny)
@@ -358,6 +366,9 @@ CASES = [
     # the state folder is private and never followed through a link
     Case("state-folder-private-under-umask-000", ("--out", OUT, "--only", "data,mi"), 130,
          "interrupted during stage mi", allowed_new=(STATE,), how="SIGINT", umask=0, check=private_state),
+    Case("resume-after-a-run-under-umask-000", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "--resume: reusing data", state_under_umask_000, allowed_new=(OUT,), replaced=(STATE,),
+         check=lambda w: json.loads((w / OUT / "metrics.json").read_text())["resumed_stages"] == ["data"]),
     Case("state-marker-a-link", ("--out", OUT, "--only", "data"), 2,
          f"{store.MARKER}: is a symbolic link; not followed; the resume state is used only when this command made it",
          own_state_with_link(store.MARKER), check=victim_unchanged),
