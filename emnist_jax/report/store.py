@@ -145,8 +145,7 @@ class Store:
                              + "; ".join(found[:3]) + (f"; {len(found) - 3} more" if len(found) > 3 else "")
                              + "); rerun without --resume to start fresh")
         elif resume:
-            finished = [p.stem for p in sorted(folder.glob("*.json")) if p.name != "key.json"]
-            log(f"--resume: reusing {', '.join(finished) or 'no finished stages'}"
+            log(f"--resume: reusing {', '.join(self._finished()) or 'no finished stages'}"
                 + ("; the CNN continues from its checkpoint" if (folder / "cnn").is_dir() else ""))
         if not resume or stored is None:
             finished = self._finished()
