@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import resource
+import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -22,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
-from fault_cases import snapshot, unchanged_except
+from fault_cases import as_neighbour, shared_folder, snapshot, unchanged_except
 
 from emnist_jax import report
 from emnist_jax.profiles import PROFILES
@@ -33,6 +37,8 @@ from emnist_jax.report import output, sections, stages, store
 REPO = Path(report.__file__).resolve().parents[2]
 OUT = "out"
 STATE = f".{OUT}.state"
+SHARED = "shared"                             # a reports folder anyone may write (mode 1777, like /tmp)
+VICTIM = "victim.txt"                         # a file of the user's that a planted link points at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Case:
     replaced: tuple = ()                      # pre-existing paths the run may replace (its own report)
     how: str = "main"                         # "main" (in-process), "subprocess", or a fault below
     check: Callable | None = None             # (work folder) -> None: more assertions
+    umask: int | None = None                  # the umask the run starts with
 
 
 # ---- setups -----------------------------------------------------------------------------------------
@@ -103,13 +110,107 @@ def legacy_report(work, tiny, extra: str | None = None):
         write(work / OUT / extra, "the user's")
 
 
-def state(work, tiny, profile=PROFILES["smoke"], data=None, edit: Callable | None = None):
+def state(work, tiny, profile=PROFILES["smoke"], data=None, edit: Callable | None = None, folder=STATE,
+          result=store.StageResult({"class_counts": {"train": [1], "test": [1]}})):
     key = store.run_key(data or store.fingerprint(tiny), profile)
     if edit:
         edit(key)
-    s = store.Store(work / STATE, key, resume=False, log=lambda message: None)
-    s.save("data", store.StageResult({"class_counts": {"train": [1], "test": [1]}}))
+    s = store.Store(work / folder, key, resume=False, log=lambda message: None)
+    if result:
+        s.save("data", result)
     s.release()
+
+
+def damaged(name: str, content: str | None = None, link_to: str | None = None, **stored):
+    """A stored state whose file ``name`` then holds ``content``, is removed (None), or is a link."""
+    def setup(work, tiny):
+        state(work, tiny, **stored)
+        path = work / STATE / name
+        path.unlink()
+        if link_to is not None:
+            write(work / link_to, path.name)
+            path.symlink_to(work / link_to)
+        elif content is not None:
+            write(path, content)
+    return setup
+
+
+def truncated_npz(work, tiny):
+    state(work, tiny, result=store.StageResult({"class_counts": {"train": [1], "test": [1]}},
+                                               {"samples": np.arange(1000)}))
+    npz = work / STATE / "data.npz"
+    npz.write_bytes(npz.read_bytes()[:300])
+
+
+def forged_stage(work, tiny):
+    """data.json a link to a result the run never stored (different class counts)."""
+    state(work, tiny)
+    write(work / "forged.json", json.dumps({"metrics": {"class_counts": {"train": [7], "test": [7]}},
+                                            "arrays": [], "seconds": 1.0, "cpu_seconds": 1.0}))
+    (work / STATE / "data.json").unlink()
+    (work / STATE / "data.json").symlink_to(work / "forged.json")
+
+
+def cnn_checkpoints_only(work, tiny):
+    state(work, tiny, result=None)
+    write(work / STATE / "cnn" / "checkpoints" / "13" / "state", "a checkpoint")
+    (work / STATE / "key.json").unlink()
+
+
+def victim(work) -> Path:
+    write(work / VICTIM, "the user's own file\n")
+    return work / VICTIM
+
+
+def own_state_with_link(name: str):
+    """The user's own state folder, with ``name`` a link to another of the user's files."""
+    def setup(work, tiny):
+        state(work, tiny)
+        (work / STATE / name).unlink()
+        (work / STATE / name).symlink_to(victim(work))
+    return setup
+
+
+def state_under_umask_000(work, tiny):
+    old = os.umask(0)
+    try:
+        state(work, tiny)
+    finally:
+        os.umask(old)
+
+
+def own_state_mode(mode: int):
+    def setup(work, tiny):
+        state(work, tiny)
+        os.chmod(work / STATE, mode)
+    return setup
+
+
+def planted(script: str, **stored):
+    """A neighbour runs the shell ``script`` with $1 the shared reports folder, $2 a file of the user's,
+    $3 the run key of the user's report and $4 a stage result the user's run never made."""
+    def setup(work, tiny):
+        shared = shared_folder(work / SHARED)
+        key = store.run_key(store.fingerprint(tiny), PROFILES["smoke"])
+        forged = {"metrics": {"class_counts": {"train": [7], "test": [7]}}, "arrays": [], "seconds": 1.0,
+                  "cpu_seconds": 1.0}
+        as_neighbour(script, str(shared), str(victim(work)), json.dumps(key), json.dumps(forged))
+    return setup
+
+
+def planted_link_to_own_state(work, tiny):
+    state(work, tiny, folder=".mine.state")  # the user's resume state of another report
+    shared = shared_folder(work / SHARED)
+    as_neighbour('ln -s "$2" "$1/.out.state"', str(shared), str(work / ".mine.state"))
+
+
+def victim_unchanged(work):
+    assert (work / VICTIM).read_text() == "the user's own file\n"
+
+
+def private_state(work):
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in [work / STATE, *(work / STATE).iterdir()]}
+    assert modes == {STATE: 0o700, store.MARKER: 0o600, "lock": 0o600, "key.json": 0o600, "data.json": 0o600}, modes
 
 
 def unwritable_parent(work, tiny):
@@ -131,6 +232,26 @@ def state_files(*names):
 def report_made(work):
     assert json.loads((work / OUT / "metrics.json").read_text())["stages"]["data"] == "ok"
     assert not [p for p in work.iterdir() if p.name.startswith(f".{OUT}.")]  # no temporary or state folder
+
+
+def stage_ran_again(work):
+    report_made(work)
+    metrics = json.loads((work / OUT / "metrics.json").read_text())
+    assert metrics["resumed_stages"] == [] and metrics["class_counts"] == {"train": [1], "test": [1]}
+
+
+def library_log_kept(work):
+    text = (work / OUT / "data-error.txt").read_text()
+    assert "RuntimeError: cannot write checkpoint 13" in text
+    assert "WARNING:absl:the file system is slow\nERROR:absl:a thread raised an exception\nTraceback" in text
+    assert "OSError: [Errno 27] File too large" in text
+
+
+def interrupted_in_mi(id: str, how: str) -> Case:
+    """A signal (or a fault) during stage mi: exit 130, one line, the data stage kept for --resume."""
+    return Case(id, ("--out", OUT, "--only", "data,mi"), 130,
+                "interrupted during stage mi; rerun with --resume to continue", allowed_new=(STATE,), how=how,
+                check=state_files("data.json"))
 
 
 # ---- the table ----------------------------------------------------------------------------------------
@@ -178,12 +299,8 @@ CASES = [
     Case("device-unavailable", ("--out", OUT, "--device", "tpu"), 2, "--device tpu: no tpu is available",
          how="subprocess"),
     # interrupts: exit 130, one line, no output folder, the finished stages stored for --resume
-    Case("sigint-in-a-stage", ("--out", OUT, "--only", "data,mi"), 130,
-         "interrupted during stage mi; rerun with --resume to continue", allowed_new=(STATE,), how="SIGINT",
-         check=state_files("data.json")),
-    Case("sigterm-in-a-stage", ("--out", OUT, "--only", "data,mi"), 130,
-         "interrupted during stage mi; rerun with --resume to continue", allowed_new=(STATE,), how="SIGTERM",
-         check=state_files("data.json")),
+    interrupted_in_mi("sigint-in-a-stage", "SIGINT"),
+    interrupted_in_mi("sigterm-in-a-stage", "SIGTERM"),
     Case("sigterm-while-the-report-is-swapped-in", ("--out", OUT, "--only", "data"), 130,
          "interrupted while writing; the report is complete in", allowed_new=(OUT,), how="SIGTERM-in-commit",
          check=report_made),
@@ -219,6 +336,76 @@ CASES = [
     Case("state-folder-not-ours", ("--out", OUT), 2, "was not made by this command",
          lambda w, t: write(w / STATE / "notes.txt")),
     Case("another-report-on-the-same-out", ("--out", OUT), 2, "another report (pid", state, how="locked"),
+    # --resume never discards what it cannot read: a damaged key beside stored results is refused
+    Case("resume-key-not-json", ("--out", OUT, "--only", "data", "--resume"), 2,
+         "key.json is not JSON, so the stored results (data) cannot be checked against this run; they are kept",
+         damaged("key.json", "{half a key")),
+    Case("resume-key-not-an-object", ("--out", OUT, "--only", "data", "--resume"), 2,
+         "key.json is not a JSON object, so the stored results (data)", damaged("key.json", "[1, 2]")),
+    Case("resume-key-a-link", ("--out", OUT, "--only", "data", "--resume"), 2,
+         "key.json is a symbolic link; not followed, so the stored results (data)",
+         damaged("key.json", link_to="elsewhere.json")),
+    Case("resume-key-missing-beside-stages", ("--out", OUT, "--only", "data", "--resume"), 2,
+         "key.json is missing, so the stored results (data) cannot be checked", damaged("key.json")),
+    Case("resume-key-missing-beside-cnn-checkpoints", ("--out", OUT, "--only", "data", "--resume"), 2,
+         "key.json is missing, so the stored results (the CNN's checkpoints) cannot be checked",
+         cnn_checkpoints_only),
+    Case("resume-damaged-key-and-nothing-stored-starts-fresh", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "--resume: no stored results for this --out; starting fresh", damaged("key.json", "{", result=None),
+         allowed_new=(OUT,), replaced=(STATE,), check=report_made),
+    # a stored stage that cannot be read back runs again, in one line, without numpy's traceback
+    Case("resume-truncated-npz-runs-the-stage-again", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "data: the stored result cannot be read (data.npz is damaged (", truncated_npz,
+         allowed_new=(OUT,), replaced=(STATE,), check=stage_ran_again),
+    Case("resume-stage-json-not-a-result-runs-the-stage-again", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "data: the stored result cannot be read (data.json is not a stored stage result)",
+         damaged("data.json", '{"metrics": 1}'), allowed_new=(OUT,), replaced=(STATE,), check=stage_ran_again),
+    Case("resume-stage-json-a-link-not-followed", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "data.json: is a symbolic link; not followed); running the stage again", forged_stage,
+         allowed_new=(OUT,), replaced=(STATE,), check=stage_ran_again),
+    # the state folder is private and never followed through a link
+    Case("state-folder-private-under-umask-000", ("--out", OUT, "--only", "data,mi"), 130,
+         "interrupted during stage mi", allowed_new=(STATE,), how="SIGINT", umask=0, check=private_state),
+    Case("resume-after-a-run-under-umask-000", ("--out", OUT, "--only", "data", "--resume"), 0,
+         "--resume: reusing data", state_under_umask_000, allowed_new=(OUT,), replaced=(STATE,),
+         check=lambda w: json.loads((w / OUT / "metrics.json").read_text())["resumed_stages"] == ["data"]),
+    Case("state-marker-a-link", ("--out", OUT, "--only", "data"), 2,
+         f"{store.MARKER}: is a symbolic link; not followed; the resume state is used only when this command made it",
+         own_state_with_link(store.MARKER), check=victim_unchanged),
+    Case("state-lock-a-link", ("--out", OUT, "--only", "data"), 2, "lock: is a symbolic link; not followed",
+         own_state_with_link("lock"), check=victim_unchanged),
+    Case("state-folder-writable-by-others", ("--out", OUT, "--only", "data"), 2,
+         f"{STATE}: is writable by others (mode 0777); not trusted", own_state_mode(0o777)),
+    Case("state-folder-writable-by-its-group", ("--out", OUT, "--only", "data"), 2,
+         f"{STATE}: is writable by its group (mode 0770); not trusted", own_state_mode(0o770)),
+    # a neighbour on a shared machine plants the state folder of a report in a shared reports folder
+    Case("neighbour-state-with-marker-linked-to-a-user-file", ("--out", f"{SHARED}/{OUT}", "--only", "data"), 2,
+         f"{STATE}: is owned by another user (uid 65534); not trusted",
+         planted('mkdir "$1/.out.state" && ln -s "$2" "$1/.out.state/.emnist_jax_report_state"'),
+         check=victim_unchanged),
+    Case("neighbour-state-with-lock-linked-to-a-user-file", ("--out", f"{SHARED}/{OUT}", "--only", "data"), 2,
+         f"{STATE}: is owned by another user (uid 65534); not trusted",
+         planted('mkdir "$1/.out.state" && echo 1 > "$1/.out.state/.emnist_jax_report_state" '
+                 '&& ln -s "$2" "$1/.out.state/lock"'), check=victim_unchanged),
+    Case("neighbour-state-folder-a-link-to-the-users-own-state", ("--out", f"{SHARED}/{OUT}", "--only", "data"), 2,
+         f"{STATE}: is a symbolic link; not followed", planted_link_to_own_state),
+    Case("neighbour-state-with-forged-results-not-reused",
+         ("--out", f"{SHARED}/{OUT}", "--only", "data", "--resume"), 2,
+         f"{STATE}: is owned by another user (uid 65534); not trusted",
+         planted('umask 022 && mkdir "$1/.out.state" && cd "$1/.out.state" && echo 1 > .emnist_jax_report_state '
+                 '&& printf %s "$3" > key.json && printf %s "$4" > data.json')),
+    # a closed terminal or ssh connection (SIGHUP) ends a run like Ctrl-C
+    interrupted_in_mi("sighup-in-a-stage", "SIGHUP"),
+    Case("sighup-while-the-report-is-swapped-in", ("--out", OUT, "--only", "data"), 130,
+         "interrupted while writing; the report is complete in", allowed_new=(OUT,), how="SIGHUP-in-commit",
+         check=report_made),
+    interrupted_in_mi("terminal-closed-in-a-stage", "hangup"),
+    # a library's own log in a failing stage goes to the stage's traceback file, not to stderr
+    Case("library-traceback-in-a-failing-stage", ("--out", OUT, "--only", "data"), 1,
+         "data FAILED: RuntimeError: cannot write checkpoint 13 (traceback in data-error.txt)",
+         allowed_new=(OUT,), how="library-log-fail", check=library_log_kept),
+    Case("library-warning-in-a-finished-stage-printed", ("--out", OUT, "--only", "data"), 0,
+         "the file system is slow", allowed_new=(OUT,), how="library-log-ok", check=report_made),
 ]
 
 
@@ -263,6 +450,55 @@ def signal_in_mi(signum: int):
     return stage
 
 
+WAIT_IN_MI = textwrap.dedent("""
+    import fcntl, sys, termios, time
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)  # the terminal on stdout becomes this session's own
+    from emnist_jax.report import cli, sections, stages, store
+    stages.STAGES["data"] = lambda inputs: store.StageResult({"class_counts": {"train": [1], "test": [1]}})
+    sections.SECTIONS["data"] = lambda result, inputs, folder: {"title": "Data", "text": [], "tables": [],
+                                                                "figures": []}
+    def waiting(inputs):
+        print("in stage mi", flush=True)
+        time.sleep(60)
+    stages.STAGES["mi"] = waiting
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def hang_up_in_mi(argv: list[str], work: Path) -> tuple[int, str]:
+    """The report on a terminal (a pseudo-terminal) that closes during stage mi, as when an ssh
+    connection drops; its stderr goes to a pipe, where its last line can be read."""
+    terminal, child_end = os.openpty()
+    child = subprocess.Popen([sys.executable, "-c", WAIT_IN_MI, *argv], stdin=subprocess.DEVNULL, stdout=child_end,
+                             stderr=subprocess.PIPE, text=True, cwd=work, start_new_session=True)
+    os.close(child_end)
+    seen, deadline = b"", time.monotonic() + 120
+    try:
+        while b"in stage mi" not in seen and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                seen += os.read(terminal, 4096)
+    except OSError:  # the child ended and the terminal with it
+        pass
+    finally:
+        os.close(terminal)  # the kernel sends SIGHUP to the session whose terminal this is
+    err = child.communicate(timeout=120)[1]
+    return child.returncode, seen.decode(errors="replace") + err
+
+
+def logging_library(fails: bool):
+    """A data stage in which a library logs as orbax does (a warning; a traceback when it fails)."""
+    def data(inputs):
+        logging.getLogger("absl").warning("the file system is slow")
+        if fails:
+            try:
+                raise OSError(27, "File too large")
+            except OSError:
+                logging.getLogger("absl").exception("a thread raised an exception")
+            raise RuntimeError("cannot write checkpoint 13")
+        return store.StageResult({"class_counts": {"train": [1], "test": [1]}})
+    return data
+
+
 def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tuple[int, str]:
     if case.how == "subprocess":
         done = subprocess.run([sys.executable, "-m", "emnist_jax.report", *argv], capture_output=True, text=True,
@@ -275,16 +511,27 @@ def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tu
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert list(work.glob(f".{OUT}.tmp-*")) and not (work / OUT).exists()  # what a SIGKILL leaves ...
         return in_process(argv, capsys)                                       # ... the next run removes
-    if case.how == "SIGTERM-in-commit":
+    if case.how.endswith("-in-commit"):
         commit = output.Staging.commit
+        signum = getattr(signal, case.how.split("-")[0])
 
         def interrupted_commit(self):
-            os.kill(os.getpid(), signal.SIGTERM)  # held until the swap is done
+            os.kill(os.getpid(), signum)  # held until the swap is done
             commit(self)
 
         monkeypatch.setattr(output.Staging, "commit", interrupted_commit)
         return in_process(argv, capsys)
-    if case.how in ("SIGINT", "SIGTERM"):
+    if case.how.startswith("library-log-"):
+        monkeypatch.setitem(stages.STAGES, "data", logging_library(fails=case.how.endswith("fail")))
+        printed = logging.StreamHandler(sys.stderr)  # where a library's log goes unless told otherwise
+        logging.getLogger().addHandler(printed)
+        try:
+            return in_process(argv, capsys)
+        finally:
+            logging.getLogger().removeHandler(printed)
+    if case.how == "hangup":
+        return hang_up_in_mi(argv, work)
+    if case.how in ("SIGINT", "SIGTERM", "SIGHUP"):
         monkeypatch.setitem(stages.STAGES, "mi", signal_in_mi(getattr(signal, case.how)))
         return in_process(argv, capsys)
     if case.how == "locked":
@@ -320,12 +567,18 @@ def test_report_fault(case, tiny_dataset, tmp_path, monkeypatch, capsys, light_d
     before = snapshot(work)
     argv = ["--data", tiny_dataset.source, "--profile", "smoke",
             *(a.replace("{unwritable}", unwritable_out(work)) for a in case.args)]
-    code, text = run_case(case, argv, work, capsys, monkeypatch)
+    umask = os.umask(case.umask) if case.umask is not None else None
+    try:
+        code, text = run_case(case, argv, work, capsys, monkeypatch)
+    finally:
+        if umask is not None:
+            os.umask(umask)
     assert code == case.code, text
     assert case.message in text, text
     assert "Traceback" not in text
     if code != 0:
-        assert len([line for line in text.splitlines() if "error:" in line or line.startswith("interrupted")]) == 1, text
+        assert len([line for line in text.splitlines()
+                    if "error:" in line or line.startswith("interrupted") or " FAILED: " in line]) == 1, text
     problems = unchanged_except(without(before, case.replaced), without(snapshot(work), case.replaced),
                                 case.allowed_new)
     assert not problems, problems

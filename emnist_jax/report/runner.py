@@ -1,7 +1,7 @@
 """One report run: load the data, run (or reuse) each stage, write the report, swap it in.
 
 Exit codes: 0 ok, 1 a stage failed (the others still ran; the report says which failed),
-2 bad input (data, ``--out``, ``--resume`` state), 130 interrupted (Ctrl-C or SIGTERM: the
+2 bad input (data, ``--out``, ``--resume`` state), 130 interrupted (Ctrl-C, SIGTERM or SIGHUP: the
 partial output is removed, finished stages stay stored for ``--resume``).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 from emnist_jax.profiles import Profile
 
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
+#: a closed terminal or ssh connection (SIGHUP) and ``kill`` (SIGTERM) end a run like Ctrl-C
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: metrics.json keys that hold measurements (wall clock, CPU, memory); everything else is equal
 #: between an uninterrupted run and a resumed one
 TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second",
@@ -99,33 +102,43 @@ def default_out(source: str, split: str, profile: str) -> Path:
     return Path("reports") / f"{name}-{split}-{profile}"
 
 
+def _say(message: str) -> None:
+    """A line on stderr, if there still is one: after SIGHUP the terminal may be gone (EIO)."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError):  # nothing left to flush at exit, which would fail again
+            sys.stderr = open(os.devnull, "w")
+
+
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    _say(f"error: {message}")
     return 2
 
 
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM (a closed session, ``kill``) is handled like Ctrl-C: stop, keep what is stored, exit 130."""
+    """SIGTERM and SIGHUP are handled like Ctrl-C: stop, keep what is stored, exit 130."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in TERMINATING}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT/SIGTERM while the finished report is swapped in; yields the list of those received."""
+    """Hold SIGINT, SIGTERM and SIGHUP while the finished report is swapped in; yields those received."""
     pending: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *TERMINATING)}
     for s in previous:
         signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
@@ -135,12 +148,44 @@ def _signals_deferred():
             signal.signal(s, handler)
 
 
-def _failed(stage: str, error: Exception, status: dict, staging) -> None:
+@contextlib.contextmanager
+def _library_log_held(held: list):
+    """Hold the libraries' log records in ``held`` during a stage.
+
+    A library that fails inside a stage may log its own tracebacks first (orbax logs one per
+    thread when a checkpoint cannot be written). When the stage raises, they stay in ``held`` for
+    its traceback file, under the one line that says it failed; otherwise they are printed as usual.
+    """
+    root = logging.getLogger()
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handlers, root.handlers = root.handlers, [Hold()]
+    failed = False
+    try:
+        yield
+    except Exception:
+        failed = True
+        raise
+    finally:
+        root.handlers = handlers
+        if not failed:
+            for record in held:
+                root.handle(record)
+            held.clear()
+
+
+def _failed(stage: str, error: Exception, status: dict, staging, held: list | None = None) -> None:
     status[stage] = f"failed: {type(error).__name__}: {error}".splitlines()[0]
     if staging:
-        (staging.folder / f"{stage}-error.txt").write_text(traceback.format_exc())
-    print(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)",
-          file=sys.stderr, flush=True)
+        text = traceback.format_exc()
+        if held:
+            formatter = logging.Formatter("%(levelname)s:%(name)s:%(message)s")
+            text += "\nThe libraries' log during the stage:\n" + "\n".join(formatter.format(r) for r in held) + "\n"
+        (staging.folder / f"{stage}-error.txt").write_text(text)
+    _say(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)")
 
 
 def run(options: Options) -> int:
@@ -203,17 +248,19 @@ def _run(options: Options) -> int:
                 continue
             current = stage
             started, cpu_started = time.perf_counter(), usage()[0]
-            result = state.load(stage) if (state and options.resume) else None
+            result = state.load(stage, log) if (state and options.resume) else None
             if result is not None:
                 resumed.append(stage)
                 log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
             else:
                 log(f"{stage}: {describe(stage, inputs)}")
+                held: list = []
                 try:
-                    result = STAGES[stage](inputs)
+                    with _library_log_held(held):
+                        result = STAGES[stage](inputs)
                     result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
                 except Exception as error:  # a failed stage is reported; the others still run
-                    _failed(stage, error, status, staging)
+                    _failed(stage, error, status, staging, held)
                     cpu_seconds[stage] = usage()[0] - cpu_started
                 else:
                     result.seconds = time.perf_counter() - started
@@ -271,14 +318,14 @@ def _run(options: Options) -> int:
             staging.commit()
             state.remove()
         if pending:
-            print(f"interrupted while writing; the report is complete in {target}", file=sys.stderr, flush=True)
+            _say(f"interrupted while writing; the report is complete in {target}")
             return 130
     except KeyboardInterrupt as interrupt:
         where = f"stage {current}" if current in STAGE_NAMES else current
         if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
             where += f" (CNN epoch {interrupt.epoch}, step {interrupt.step}, checkpoint saved)"
         hint = "; rerun with --resume to continue" if state else "; nothing was written"
-        print(f"interrupted during {where}{hint}", file=sys.stderr, flush=True)
+        _say(f"interrupted during {where}{hint}")
         return 130
     except output.OutputError as error:
         return _error(f"{error}; the finished stages are stored: rerun with --resume once --out is free")
