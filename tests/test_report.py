@@ -21,7 +21,8 @@ import pytest
 from emnist_jax import original_study as o
 from emnist_jax import report
 from emnist_jax.profiles import PROFILES
-from emnist_jax.report import comparison, sections, stages, store
+from emnist_jax.cnn import TrainConfig
+from emnist_jax.report import comparison, schema, sections, stages, store
 from emnist_jax.report.output import MARKER
 from emnist_jax.report.runner import TIMING_KEYS
 
@@ -99,6 +100,8 @@ def test_whole_report_runs_and_writes_everything(smoke_report):
 
 def test_metrics_have_the_documented_keys(smoke_report):
     metrics = read_metrics(smoke_report[1])
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert schema.problems(metrics, stages=report.STAGES, train_config_fields=fields) == []   # key for key
     for key, keys in METRIC_KEYS.items():
         assert keys <= set(metrics[key]), key
     assert set(metrics["seconds"]) == set(report.STAGES)
@@ -111,6 +114,9 @@ def test_metrics_have_the_documented_keys(smoke_report):
     assert all(v == "ok" for v in metrics["stages"].values())
     # smoke trains the CNN on the first cnn_train_images rows (all 1,240 of the tiny set), 67/33
     assert metrics["cnn"]["n_train"] + metrics["cnn"]["holdout_n"] == 1240
+    default = TrainConfig().resolved()   # smoke runs the CNN's default execution path
+    assert [metrics["cnn"]["config"][k] for k in ("conv_impl", "steps_per_call", "loop")] == \
+        [default.conv_impl, default.steps_per_call, default.loop]
 
 
 def test_every_image_exists_and_every_table_has_a_caption(smoke_report):
