@@ -13,3 +13,19 @@ def test_asv_check_finds_no_problem_in_the_benchmarks():
     result = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "No problems found" in result.stdout
+
+
+def test_the_device_check_records_a_part_out_of_its_budget_and_goes_on(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import device_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    results = {"parts": {}}
+    written = []
+    stopped = lambda: device_check.measure_default(4096, 1, str(tmp_path / "cache"), budget=0.5)  # noqa: E731
+    device_check.run_part(results, "default", stopped, lambda: written.append(dict(results["parts"])))
+    device_check.run_part(results, "next", lambda: {"seconds": 1.0}, lambda: written.append(dict(results["parts"])))
+    assert results["parts"]["default"] == "stopped: the default's run took over 0.5 s" and "default" not in results
+    assert results["next"] == {"seconds": 1.0} and results["parts"]["next"].startswith("ok")
+    assert written == [{"default": results["parts"]["default"]}, results["parts"]]   # written after each part
