@@ -1,7 +1,8 @@
 """The classic studies' configuration, validated when made; the defaults are the original study's protocol.
 
-Apart from the studies (which import scikit-learn and JAX) so that the report's profiles, and with
-them ``--help``, load in a fraction of a second. Also the checks every classic module shares.
+Kept apart from the studies (which import scikit-learn and JAX) so that the report's profiles, and
+with them ``--help``, load in a fraction of a second; also the argument checks every classic module
+shares.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _large_blocks_from_mmap():
 def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
                          seed: int, n_jobs: int | None, chunk: int = FOREST_CHUNK,
                          stop: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, test probabilities) of ``RandomForestClassifier(n_estimators, random_state=seed)``, ``chunk`` trees at a time.
+    """(classes, test probabilities) of ``RandomForestClassifier(n_estimators, random_state=seed)``, in chunks.
 
     The trees are grown with scikit-learn's own ``warm_start``, which draws the seeds of the
     trees already grown before seeding new ones, so tree i is the tree i of one ordinary fit;
