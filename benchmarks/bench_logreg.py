@@ -36,7 +36,7 @@ class LogisticRegression:
         logreg.ovr_fit_gd(self.train, self.y_train, 62, n_iter=GD_ITERATIONS).coef.block_until_ready()
 
     def time_study_gd_numpy(self, data, backend):
-        from emnist_jax import study_reference
+        from emnist_jax.classic import study_reference
 
         study_reference.fit(self.train.astype(np.float64), self.y_train, max_iter=GD_ITERATIONS)
 
@@ -133,6 +133,6 @@ class PCASweep:
         return common.study_rows(5000)
 
     def time_pca_sweep(self, data, backend):
-        from emnist_jax.baselines import pca_sweep
+        from emnist_jax.classic.pca_sweep import pca_sweep
 
         pca_sweep(*data, n_components=(2, 10, 29), rf_trees=20, logreg_max_iter=1000)

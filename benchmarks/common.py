@@ -37,8 +37,8 @@ def study_rows(n: int = N_ROWS) -> tuple[np.ndarray, np.ndarray]:
 
 def pca_features(n: int = N_ROWS, components: int = 29, test_size: float = 0.3):
     """Standardised PCA scores of the study split: the setting of the study's logistic regression."""
-    from emnist_jax.baselines import study_split
-    from emnist_jax.features import standardized_pca
+    from emnist_jax.classic.protocol import study_split
+    from emnist_jax.classic.pca import standardized_pca
 
     X, y = study_rows(n)
     X_train, X_test, y_train, y_test = study_split(X, y, test_size, SEED)

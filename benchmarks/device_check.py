@@ -150,7 +150,7 @@ def measure_mi(dataset, rows: int) -> dict:
     import jax
 
     from emnist_jax.data import file_rows
-    from emnist_jax.features import mutual_information
+    from emnist_jax.classic.mutual_info import mutual_information
 
     X = file_rows(np.resize(dataset.train_images, (rows, 28, 28)))
     y = np.resize(dataset.train_labels, rows)

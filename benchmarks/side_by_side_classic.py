@@ -25,10 +25,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from emnist_jax import study_reference  # noqa: E402
-from emnist_jax import baselines, logreg  # noqa: E402
+from emnist_jax.classic import logreg, study_reference  # noqa: E402
+from emnist_jax.classic.knn_mi import sklearn_mutual_information  # noqa: E402
+from emnist_jax.classic.mutual_info import mutual_information, rank_pixels  # noqa: E402
+from emnist_jax.classic.pca import standardized_pca  # noqa: E402
+from emnist_jax.classic.protocol import study_split  # noqa: E402
+from emnist_jax.classic.studies import LOGREG_PCA_COMPONENTS  # noqa: E402
 from emnist_jax.data import file_rows, load  # noqa: E402
-from emnist_jax.features import mutual_information, rank_pixels, standardized_pca  # noqa: E402
 
 
 def best_of(function, repeat=3):
@@ -59,15 +62,15 @@ def main() -> None:
                                                          [("sklearn default (k-NN, the study)", False)])
     for name, discrete in rows:
         start = time.perf_counter()
-        theirs = baselines.sklearn_mutual_information(X, y, discrete=discrete, seed=0)
+        theirs = sklearn_mutual_information(X, y, discrete=discrete, seed=0)
         seconds = time.perf_counter() - start
         overlap = len(set(rank_pixels(ours)[:64]) & set(rank_pixels(theirs)[:64]))
         print(f"   {name:35s} {seconds:8.2f} s  -> JAX is {seconds / t_ours:6.1f}x faster; "
               f"Spearman {spearmanr(ours, theirs).statistic:.3f}, top-64 overlap {overlap}/64")
 
     print("\n2. the study's gradient-ascent OvR logistic regression, time per iteration (all classes)")
-    X_train, X_test, y_train, y_test = baselines.study_split(X, y, 0.3, 0)
-    train_s, test_s = standardized_pca(X_train, X_test, baselines.LOGREG_PCA_COMPONENTS, seed=0)
+    X_train, X_test, y_train, y_test = study_split(X, y, 0.3, 0)
+    train_s, test_s = standardized_pca(X_train, X_test, LOGREG_PCA_COMPONENTS, seed=0)
     n_classes = ds.n_classes
     pixels = (X_train / 255.0).astype(np.float32)
     for name, features in (("29 PCA components (the study's PCA loop)", train_s), ("784 raw pixels / 255", pixels)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from emnist_jax.classic_config import ClassicConfig
+from emnist_jax.classic.config import ClassicConfig
 from emnist_jax.cnn.config import TrainConfig
 
 

@@ -5,9 +5,13 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import mutual_info_classif
 
-from emnist_jax import baselines
+from emnist_jax.classic import forests, knn_mi, pca, studies
+from emnist_jax.classic.config import ClassicConfig
+from emnist_jax.classic.mutual_info import mutual_information, rank_pixels
+from emnist_jax.classic.pca import one_blas_thread
+from emnist_jax.classic.pca_sweep import pca_sweep
+from emnist_jax.classic.protocol import study_split
 from emnist_jax.data import file_rows
-from emnist_jax.features import mutual_information, one_blas_thread, rank_pixels
 
 # The README's "metrics.json keys" table: the result objects must write exactly these.
 MI_KEYS = {"n_rows", "pixel_order", "bins", "jax_seconds", "top_pixels", "top_pixels_upright", "max", "argmax",
@@ -38,8 +42,8 @@ def three_pixels():
 def test_rf_vs_top_k_is_seeded_and_uses_one_split(study_data):
     X, y = study_data
     ranking = rank_pixels(mutual_information(X, y, 62))
-    first = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=10, n_jobs=1)
-    again = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=10, n_jobs=1)
+    first = studies.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=10, n_jobs=1)
+    again = studies.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=10, n_jobs=1)
     np.testing.assert_array_equal(first.accuracy, again.accuracy)
     assert (first.n_train, first.n_test) == (868, 372)  # the study's 70/30
     assert first.accuracy[2] > first.accuracy[0] > 1 / 62  # more informative pixels help
@@ -50,9 +54,9 @@ def test_forests_side_by_side_are_the_forests_one_after_another(study_data):
     X, y = study_data
     ranking = rank_pixels(mutual_information(X, y, 62))
     seen = []
-    together = baselines.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=7, n_jobs=2,
+    together = studies.rf_accuracy_vs_top_k(X, y, ranking, ks=(2, 16, 64), n_estimators=7, n_jobs=2,
                                               progress=seen.append)
-    X_train, X_test, y_train, y_test = baselines.study_split(X, y, 0.3, 0)
+    X_train, X_test, y_train, y_test = study_split(X, y, 0.3, 0)
     for k, accuracy in zip((2, 16, 64), together.accuracy):
         columns = ranking[:k]
         forest = RandomForestClassifier(n_estimators=7, random_state=0).fit(X_train[:, columns], y_train)
@@ -68,41 +72,41 @@ def test_a_failing_forest_stops_its_siblings():
     def slow(chunk, stop):
         started.set()
         stopped.append(chunk if stop.wait(10) else "never stopped")
-        raise baselines.ForestsStopped
+        raise forests.ForestsStopped
 
     def failing(chunk, stop):
         started.wait()
         raise MemoryError("no room for the trees")
 
     with pytest.raises(MemoryError, match="no room"):
-        baselines.grow_forests([slow, failing], n_jobs=2)
-    assert stopped == [baselines.TREES_IN_MEMORY // 2]  # the sibling saw the stop and its chunk size
+        forests.grow_forests([slow, failing], n_jobs=2)
+    assert stopped == [forests.TREES_IN_MEMORY // 2]  # the sibling saw the stop and its chunk size
 
 
 def test_rf_ranking_sees_the_training_part_only(study_data):
     X, y = study_data
-    X_train, _, y_train, _ = baselines.study_split(X, y, 0.3, 0)
-    ranking = baselines.train_only_ranking(X, y, 62, test_size=0.3, seed=0, bins=16)
+    X_train, _, y_train, _ = study_split(X, y, 0.3, 0)
+    ranking = studies.train_only_ranking(X, y, 62, test_size=0.3, seed=0, bins=16)
     np.testing.assert_array_equal(ranking, rank_pixels(mutual_information(X_train, y_train, 62)))
     assert not np.array_equal(ranking, rank_pixels(mutual_information(X, y, 62)))  # all rows: the study's leak
 
 
 def test_nested_pca_equals_one_pca_per_count(study_data):
     X, y = study_data
-    X_train, X_test, _, _ = baselines.study_split(X.astype(np.float32), y, 0.3, 0)
+    X_train, X_test, _, _ = study_split(X.astype(np.float32), y, 0.3, 0)
     with one_blas_thread():  # as the sweep runs them (and 784 x 784 eigh is then fast)
         largest = PCA(12, svd_solver="covariance_eigh").fit(X_train)
         for n in (1, 2, 5, 12):
             own = PCA(n, svd_solver="covariance_eigh").fit(X_train)
-            np.testing.assert_array_equal(baselines.leading_components(largest, n).transform(X_test),
+            np.testing.assert_array_equal(pca.leading_components(largest, n).transform(X_test),
                                           own.transform(X_test))
         full = PCA(12, svd_solver="full").fit(X_train).transform(X_test)  # the other exact solver, up to sign
         np.testing.assert_allclose(np.abs(own.transform(X_test)), np.abs(full), rtol=1e-3, atol=1e-2)
     # Downstream: the sweep (one PCA at n = 12; logistic regressions in a worker process) gives
     # every classifier's accuracy of one PCA per n, fitted in this process.
-    nested = baselines.pca_sweep(X, y, (2, 12), rf_trees=5, logreg_max_iter=300, n_jobs=2, logreg_workers=1)
+    nested = pca_sweep(X, y, (2, 12), rf_trees=5, logreg_max_iter=300, n_jobs=2, logreg_workers=1)
     for i, n in enumerate((2, 12)):
-        alone = baselines.pca_sweep(X, y, (n,), rf_trees=5, logreg_max_iter=300, n_jobs=1)
+        alone = pca_sweep(X, y, (n,), rf_trees=5, logreg_max_iter=300, n_jobs=1)
         for curve in ("logreg", "logreg_converged", "rf", "jax"):
             assert getattr(nested, curve)[i] == getattr(alone, curve)[0], (n, curve)
     for curve in (nested.logreg, nested.rf, nested.jax):  # all three classifiers learn
@@ -123,7 +127,7 @@ def test_pca_sweep_records_every_unconverged_regression(study_data, logreg_worke
 
     X, y = study_data
     filters, show = active_filters(), warnings._showwarnmsg_impl
-    sweep = baselines.pca_sweep(X, y, (2, 4, 8, 12), rf_trees=20, logreg_max_iter=2, n_jobs=2,
+    sweep = pca_sweep(X, y, (2, 4, 8, 12), rf_trees=20, logreg_max_iter=2, n_jobs=2,
                                 logreg_workers=logreg_workers)
     assert not sweep.logreg_converged.any()
     assert active_filters() == filters and warnings._showwarnmsg_impl is show
@@ -131,9 +135,9 @@ def test_pca_sweep_records_every_unconverged_regression(study_data, logreg_worke
 
 def test_chunked_forest_is_the_forest(study_data):
     X, y = study_data
-    X_train, X_test, y_train, _ = baselines.study_split(X[:, 200:300], y, 0.3, 0)
+    X_train, X_test, y_train, _ = study_split(X[:, 200:300], y, 0.3, 0)
     forest = RandomForestClassifier(n_estimators=10, random_state=3, n_jobs=1).fit(X_train, y_train)
-    classes, proba = baselines.forest_predict_proba(X_train, y_train, X_test, 10, seed=3, n_jobs=2, chunk=3)
+    classes, proba = forests.forest_predict_proba(X_train, y_train, X_test, 10, seed=3, n_jobs=2, chunk=3)
     np.testing.assert_array_equal(classes, forest.classes_)
     np.testing.assert_array_equal(proba, forest.predict_proba(X_test))  # same trees, same sums, bit for bit
 
@@ -141,10 +145,10 @@ def test_chunked_forest_is_the_forest(study_data):
 def test_lean_sklearn_mi_is_mutual_info_classif_bit_for_bit(study_data, monkeypatch):
     X, y = study_data
     X, y = np.column_stack([X[:300, 300:340], np.zeros(300, np.uint8)]), y[:300]  # + a blank pixel (std 0)
-    monkeypatch.setattr(baselines, "NOISE_ROWS", 64)  # noise drawn in 5 blocks, the last one short
+    monkeypatch.setattr(knn_mi, "NOISE_ROWS", 64)  # noise drawn in 5 blocks, the last one short
     expected = mutual_info_classif(X, y, discrete_features=False, n_neighbors=3, random_state=7)
     seen = []
-    np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=7, n_jobs=2, progress=seen.append),
+    np.testing.assert_array_equal(knn_mi.sklearn_mutual_information(X, y, seed=7, n_jobs=2, progress=seen.append),
                                   expected)
     assert seen == list(range(X.shape[1]))
     assert expected.max() > 0.1
@@ -152,7 +156,7 @@ def test_lean_sklearn_mi_is_mutual_info_classif_bit_for_bit(study_data, monkeypa
 
 def test_sklearn_mi_is_the_studys_knn_estimator(three_pixels):
     X, y = three_pixels
-    ours = baselines.sklearn_mutual_information(X, y, seed=0)
+    ours = knn_mi.sklearn_mutual_information(X, y, seed=0)
     np.testing.assert_array_equal(ours, mutual_info_classif(X, y, discrete_features=False, n_neighbors=3,
                                                             random_state=0))
     # The k-NN estimator sees no information in the noise pixel; the discrete plug-in estimator,
@@ -161,13 +165,33 @@ def test_sklearn_mi_is_the_studys_knn_estimator(three_pixels):
     assert ours[1] < 0.05 and discrete[1] > 0.5
     assert ours[0] > ours[2] > 0.5
     with joblib.parallel_config(backend="threading"):  # n_jobs splits the pixels, never changes the result
-        np.testing.assert_array_equal(baselines.sklearn_mutual_information(X, y, seed=0, n_jobs=2), ours)
+        np.testing.assert_array_equal(knn_mi.sklearn_mutual_information(X, y, seed=0, n_jobs=2), ours)
+
+
+@pytest.mark.parametrize("moved", ["missing", "other-signature"])
+def test_sklearn_mi_falls_back_to_the_public_function_when_the_private_estimator_moves(three_pixels, monkeypatch,
+                                                                                      moved):
+    import sys
+    import types
+
+    # The public function keeps the real module's globals; the in-place path looks the helper up anew.
+    elsewhere = types.ModuleType("sklearn.feature_selection._mutual_info")
+    if moved == "other-signature":
+        elsewhere._compute_mi = lambda x, y, discrete, n_neighbors=3: 0.0
+    monkeypatch.setitem(sys.modules, "sklearn.feature_selection._mutual_info", elsewhere)
+    X, y = three_pixels
+    seen = []
+    with pytest.warns(RuntimeWarning, match="_compute_mi.*public mutual_info_classif"):
+        mi = knn_mi.sklearn_mutual_information(X, y, seed=0, progress=seen.append)
+    np.testing.assert_array_equal(mi, mutual_info_classif(X, y, discrete_features=False, n_neighbors=3,
+                                                          random_state=0))
+    assert seen == [X.shape[1] - 1]
 
 
 def test_mi_study_runs_the_configured_sklearn_estimator(three_pixels):
     X, y = three_pixels
-    study = baselines.mi_study(X, y, 4, baselines.ClassicConfig(sklearn_mi="default", mi_bins=8, n_jobs=1), seed=0)
-    np.testing.assert_array_equal(study.sklearn.values, baselines.sklearn_mutual_information(X, y, seed=0))
+    study = studies.mi_study(X, y, 4, ClassicConfig(sklearn_mi="default", mi_bins=8, n_jobs=1), seed=0)
+    np.testing.assert_array_equal(study.sklearn.values, knn_mi.sklearn_mutual_information(X, y, seed=0))
     np.testing.assert_allclose(study.values, mutual_information(X, y, 4, bins=8), rtol=1e-6)
     result = study.to_json()
     assert set(result) == MI_KEYS and set(result["sklearn"]) == SKLEARN_MI_KEYS
@@ -175,20 +199,20 @@ def test_mi_study_runs_the_configured_sklearn_estimator(three_pixels):
     assert result["top_pixels"] == [0, 2, 1] and result["top_pixels_upright"][0] == [0, 0]
     assert result["sklearn"]["top64_overlap"] == 3
     assert result["bins"] == 8 and study.label == "JAX, 8-bin plug-in estimator"  # the configured bins, not 16
-    none = baselines.mi_study(X, y, 4, baselines.ClassicConfig(sklearn_mi="none", mi_bins=8), seed=0)
+    none = studies.mi_study(X, y, 4, ClassicConfig(sklearn_mi="none", mi_bins=8), seed=0)
     assert none.sklearn is None and set(none.to_json()) == MI_KEYS - {"sklearn"}
 
 
 def test_logreg_study_runs_three_models_on_standardised_pca(study_data):
     X, y = study_data
-    config = baselines.ClassicConfig(logreg_max_iter=100)
-    study = baselines.logreg_study(X, y, config, gd_iterations=50, seed=0)
+    config = ClassicConfig(logreg_max_iter=100)
+    study = studies.logreg_study(X, y, config, gd_iterations=50, seed=0)
     result = study.to_json()
     assert set(result) == {"logreg_jax", "logreg_sklearn"}
     assert set(result["logreg_jax"]) == LOGREG_JAX_KEYS and set(result["logreg_jax"]["study_gd"]) == STUDY_GD_KEYS
     assert set(result["logreg_sklearn"]) == LOGREG_SKLEARN_KEYS
     assert result["logreg_jax"]["features"] == "29 standardised PCA components"
-    assert result["logreg_jax"]["study_gd"]["alpha"] == baselines.STUDY_GD_ALPHA
+    assert result["logreg_jax"]["study_gd"]["alpha"] == studies.STUDY_GD_ALPHA
     assert (study.n_train, study.n_test) == (868, 372)
     for accuracy in (study.newton_accuracy, study.gd_accuracy, study.sklearn_accuracy):
         assert 5 / 62 < accuracy <= 1

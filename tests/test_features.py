@@ -3,7 +3,7 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.feature_selection import mutual_info_classif
 
-from emnist_jax.features import file_to_upright, mutual_information, rank_pixels
+from emnist_jax.classic.mutual_info import file_to_upright, mutual_information, rank_pixels
 
 
 def brute_force_mi(features, labels, bins):

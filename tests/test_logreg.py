@@ -8,9 +8,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from emnist_jax import study_reference
-from emnist_jax import logreg
-from emnist_jax.logreg import OneVsRestLogisticRegression
+from emnist_jax.classic import logreg, study_reference
+from emnist_jax.classic.estimator import OneVsRestLogisticRegression
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +113,12 @@ def test_every_fit_multiplies_at_full_float32():
         text = str(jaxpr)
         dots = text.count("dot_general[")
         assert dots >= 1 and text.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots, name
+
+
+def test_emnist_jax_logreg_is_the_public_path_of_the_classic_estimator_and_solvers():
+    import emnist_jax.classic.estimator
+    import emnist_jax.logreg
+
+    assert emnist_jax.logreg.OneVsRestLogisticRegression is emnist_jax.classic.estimator.OneVsRestLogisticRegression
+    for name in ("ovr_fit", "ovr_fit_gd", "ovr_predict", "decision_scores", "OvRParams", "FitDivergedError"):
+        assert getattr(emnist_jax.logreg, name) is getattr(logreg, name), name

@@ -16,9 +16,13 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from emnist_jax import baselines, logreg
-from emnist_jax.features import mutual_information, standardized_pca
-from emnist_jax.logreg import FitDivergedError, OneVsRestLogisticRegression
+from emnist_jax.classic import logreg, studies
+from emnist_jax.classic.config import ClassicConfig
+from emnist_jax.classic.estimator import OneVsRestLogisticRegression
+from emnist_jax.classic.logreg import FitDivergedError
+from emnist_jax.classic.mutual_info import mutual_information
+from emnist_jax.classic.pca import standardized_pca
+from emnist_jax.classic.pca_sweep import pca_sweep
 
 NAN, INF = float("nan"), float("inf")
 
@@ -188,25 +192,25 @@ def _ranking(f):
 
 STUDY_CASES = [
     # id, call(features, labels), expected, fragment
-    ("rf-k-zero", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(0, 2)), ValueError,
+    ("rf-k-zero", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(0, 2)), ValueError,
      r"ks must be integers in 1..6, got \[0, 2\]"),
-    ("rf-k-beyond-pixels", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(7,)), ValueError,
+    ("rf-k-beyond-pixels", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(7,)), ValueError,
      "ks must be integers in 1..6"),
-    ("rf-k-float", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(2.5,)), ValueError,
+    ("rf-k-float", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=(2.5,)), ValueError,
      "ks must be integers"),
-    ("rf-k-empty", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=()), ValueError,
+    ("rf-k-empty", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, _ranking(f), ks=()), ValueError,
      "ks must be integers"),
-    ("rf-ranking-short", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, np.arange(3), ks=(2,)), ValueError,
+    ("rf-ranking-short", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, np.arange(3), ks=(2,)), ValueError,
      "ranking must be a permutation of all 6 pixels"),
-    ("rf-ranking-repeats", lambda f, y: baselines.rf_accuracy_vs_top_k(f, y, np.zeros(6, int), ks=(2,)),
+    ("rf-ranking-repeats", lambda f, y: studies.rf_accuracy_vs_top_k(f, y, np.zeros(6, int), ks=(2,)),
      ValueError, "permutation"),
-    ("pca-components-zero", lambda f, y: baselines.pca_sweep(f, y, (0, 2)), ValueError,
+    ("pca-components-zero", lambda f, y: pca_sweep(f, y, (0, 2)), ValueError,
      r"n_components must be integers in 1..6, got \[0, 2\]"),
-    ("pca-components-beyond", lambda f, y: baselines.pca_sweep(f, y, (7,)), ValueError, "1..6"),
-    ("pca-components-float", lambda f, y: baselines.pca_sweep(f, y, (2.5,)), ValueError, "integers"),
-    ("pca-logreg_workers-negative", lambda f, y: baselines.pca_sweep(f, y, (2,), logreg_workers=-1), ValueError,
+    ("pca-components-beyond", lambda f, y: pca_sweep(f, y, (7,)), ValueError, "1..6"),
+    ("pca-components-float", lambda f, y: pca_sweep(f, y, (2.5,)), ValueError, "integers"),
+    ("pca-logreg_workers-negative", lambda f, y: pca_sweep(f, y, (2,), logreg_workers=-1), ValueError,
      "logreg_workers must be None or an integer >= 0"),
-    ("pca-solver-randomized", lambda f, y: baselines.pca_sweep(f, y, (2,), svd_solver="randomized"), ValueError,
+    ("pca-solver-randomized", lambda f, y: pca_sweep(f, y, (2,), svd_solver="randomized"), ValueError,
      "deterministic solvers"),
     ("standardized_pca-components-zero", lambda f, y: standardized_pca(f, f, 0, seed=0), ValueError,
      "n_components must be an integer in 1..6, got 0"),
@@ -246,12 +250,12 @@ CONFIG_CASES = [
                          ids=[case[0] for case in CONFIG_CASES])
 def test_classic_config_fault(fields, fragment):
     with pytest.raises(ValueError, match=fragment) as error:
-        baselines.ClassicConfig(**fields)
+        ClassicConfig(**fields)
     assert "\n" not in str(error.value)  # one line
 
 
 def test_classic_config_accepts_lists_and_keeps_tuples():
-    config = baselines.ClassicConfig(ks=[2, 4], pca_components=range(1, 4))
+    config = ClassicConfig(ks=[2, 4], pca_components=range(1, 4))
     assert config.ks == (2, 4) and config.pca_components == (1, 2, 3)
     assert hash(config)  # still a frozen, hashable config
 

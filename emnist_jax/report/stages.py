@@ -109,7 +109,7 @@ def data(inputs: Inputs) -> StageResult:
 
 
 def mi(inputs: Inputs) -> StageResult:
-    from emnist_jax import baselines
+    from emnist_jax.classic import studies as baselines
 
     X, y = inputs.study_rows
     knn = inputs.profile.classic.sklearn_mi == "default"  # the long part; the others take seconds
@@ -123,7 +123,7 @@ def mi(inputs: Inputs) -> StageResult:
 
 
 def rf(inputs: Inputs) -> StageResult:
-    from emnist_jax import baselines
+    from emnist_jax.classic import studies as baselines
 
     X, y = inputs.study_rows
     cfg = inputs.profile.classic
@@ -134,7 +134,7 @@ def rf(inputs: Inputs) -> StageResult:
 
 
 def pca(inputs: Inputs) -> StageResult:
-    from emnist_jax import baselines
+    from emnist_jax.classic import studies as baselines
 
     X, y = inputs.study_rows
     cfg = inputs.profile.classic
@@ -144,7 +144,7 @@ def pca(inputs: Inputs) -> StageResult:
 
 
 def logreg(inputs: Inputs) -> StageResult:
-    from emnist_jax import baselines
+    from emnist_jax.classic import studies as baselines
 
     X, y = inputs.study_rows
     return StageResult(baselines.logreg_study(X, y, inputs.profile.classic, inputs.profile.gd_iterations,

@@ -1,7 +1,8 @@
 """The classic studies' configuration, validated when made; the defaults are the original study's protocol.
 
-Apart from :mod:`emnist_jax.baselines` (which imports scikit-learn) so that the report's profiles,
-and with them ``--help``, load in a fraction of a second.
+Kept apart from the studies (which import scikit-learn and JAX) so that the report's profiles, and
+with them ``--help``, load in a fraction of a second; also the argument checks every classic module
+shares.
 """
 
 from __future__ import annotations
@@ -10,10 +11,19 @@ import dataclasses
 import numbers
 
 SKLEARN_MI_CHOICES = ("default", "discrete", "none")
+MAX_SEED = 2**32 - 1   # sklearn's random_state and a 32-bit PRNG seed both stop here
 
 
 def is_integer(value) -> bool:
+    """An int or numpy integer, not a bool (numpy's integers register as ``numbers.Integral``)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_counts(values, upper: int, name: str) -> None:
+    """``ValueError`` unless ``values`` is a non-empty sequence of integers in 1..upper."""
+    values = list(values)
+    if not values or not all(is_integer(v) for v in values) or min(values) < 1 or max(values) > upper:
+        raise ValueError(f"{name} must be integers in 1..{upper}, got {values}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +59,7 @@ class ClassicConfig:
             ("logreg_max_iter", is_integer(self.logreg_max_iter) and self.logreg_max_iter >= 1, "an integer >= 1"),
             ("sklearn_mi", self.sklearn_mi in SKLEARN_MI_CHOICES, f"one of {', '.join(SKLEARN_MI_CHOICES)}"),
             ("mi_bins", is_integer(self.mi_bins) and 2 <= self.mi_bins <= 256, "an integer in 2..256"),
-            ("seed", is_integer(self.seed) and 0 <= self.seed < 2**32, "an integer in 0..2**32-1"),
+            ("seed", is_integer(self.seed) and 0 <= self.seed <= MAX_SEED, "an integer in 0..2**32-1"),
             ("n_jobs", self.n_jobs is None or (is_integer(self.n_jobs) and self.n_jobs != 0),
              "None or a non-zero integer"),
         )

@@ -1,6 +1,6 @@
 """The original study's hand-written logistic regression (section 5), in numpy, as a reference.
 
-Kept only to check that ``emnist_jax.logreg.ovr_fit_gd`` computes the same thing (tests) and to time
+Kept only to check that ``emnist_jax.classic.logreg.ovr_fit_gd`` computes the same thing (tests) and to time
 it against the JAX version (benchmarks). Faithful to the study except where its code was broken: labels are
 flattened (its (N, 1) column would broadcast into an N x N array) and prediction is one argmax
 instead of a Python loop per sample.

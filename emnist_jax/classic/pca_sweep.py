@@ -1,0 +1,158 @@
+"""PCA(n), then three classifiers, for each n of a sweep (the study's section 4), on one split.
+
+For each n: sklearn ``LogisticRegression(max_iter=10000)`` on the raw PCA scores as the study
+(convergence recorded), a RandomForest (the study built one per n and never fitted it; it is
+fitted here) and the JAX logistic regression (:mod:`emnist_jax.classic.logreg`) on standardised
+scores. The sklearn regressions run in worker processes while the JAX fits, then the forests,
+run here: the steps of :func:`pca_sweep`.
+
+JAX is imported where it is used, so that importing this module stays light: the worker
+processes import it to run :func:`study_logreg_accuracy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from emnist_jax.classic.config import check_counts, is_integer
+from emnist_jax.classic.forests import forest_accuracy, grow_forests
+from emnist_jax.classic.pca import check_exact_solver, nested_scores, one_blas_thread
+from emnist_jax.classic.protocol import MIN_ROWS_FOR_PROCESSES, Progress, study_split
+
+
+@dataclasses.dataclass(frozen=True)
+class PCASweepResult:
+    n_components: np.ndarray
+    logreg: np.ndarray              # sklearn LogisticRegression on raw PCA scores (the study)
+    logreg_converged: np.ndarray    # False where lbfgs hit max_iter (the study saw 6 of 29)
+    rf: np.ndarray                  # RandomForest (built but never fitted in the study)
+    jax: np.ndarray                 # emnist_jax.classic.logreg.ovr_fit on standardised PCA scores
+    n_train: int
+    n_test: int
+    logreg_max_iter: int
+    pca_solver: str                 # sklearn PCA svd_solver; one fit at the largest n, nested below
+
+    def to_json(self) -> dict:
+        return {"n_components": self.n_components.tolist(), "logreg": self.logreg.tolist(),
+                "logreg_converged": self.logreg_converged.tolist(), "rf": self.rf.tolist(), "jax": self.jax.tolist(),
+                "logreg_max_iter": self.logreg_max_iter, "n_train": self.n_train, "n_test": self.n_test,
+                "pca_solver": self.pca_solver}
+
+
+def pca_sweep(X: np.ndarray, y: np.ndarray, n_components, test_size: float = 0.3, seed: int = 0,
+              rf_trees: int = 100, logreg_max_iter: int = 10_000, n_jobs: int | None = -1,
+              progress: Progress = None, svd_solver: str | None = None,
+              logreg_workers: int | None = None) -> PCASweepResult:
+    """For each n: the first n PCA components of the train part, then three classifiers scored on the test part.
+
+    PCA is fitted once, at the largest n; PCA(n) is its leading n components
+    (:func:`emnist_jax.classic.pca.leading_components`). That is exact for sklearn's deterministic
+    solvers ("covariance_eigh", "full"), which is why the solver is fixed here (default
+    :data:`emnist_jax.classic.pca.PCA_SOLVER`) and recorded in the result (tests/test_baselines.py
+    checks nested against per-n fits, bit for bit).
+
+    ``logreg_workers`` worker processes run the sklearn logistic regressions (one core each)
+    while the JAX fits, then the forests (side by side on ``n_jobs`` threads, :func:`grow_forests`)
+    run here; the results are the same as in this process. Default: half the ``n_jobs`` cores, at
+    most 4, none below ``MIN_ROWS_FOR_PROCESSES`` training rows. ``progress(n)`` is called once
+    per finished n, in any order.
+    """
+    svd_solver = check_exact_solver(svd_solver)
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be (samples, pixels), got shape {X.shape}")
+    X_train, X_test, y_train, y_test = study_split(X.astype(np.float32), np.ravel(y), test_size, seed)
+    check_counts(n_components, min(X_train.shape), "n_components")
+    workers = _regression_workers(logreg_workers, n_jobs, len(y_train), len(n_components))
+    scores = nested_scores(X_train, X_test, n_components, svd_solver, seed)
+    del X_train, X_test
+    regressions = {n: functools.partial(study_logreg_accuracy, train, y_train, test, y_test, logreg_max_iter)
+                   for n, (train, test) in scores.items()}
+    forests = [functools.partial(forest_accuracy, scores[n][0], y_train, scores[n][1], y_test, rf_trees, seed,
+                                 n_jobs=1) for n in n_components]
+    with _process_pool(workers) as pool:
+        started = {n: pool.submit(fit) for n, fit in regressions.items()} if pool else {}
+        jax = [_jax_accuracy(*scores[n], y_train, y_test) for n in n_components]  # while the workers start
+        # Without workers the regressions run here, before the forests: warnings.catch_warnings is
+        # process-wide, and sklearn's forest threads enter it too.
+        finished = {} if pool else {n: fit() for n, fit in regressions.items()}
+
+        def forest_done(i: int) -> None:  # a size is done when its forest and its regression are
+            n = n_components[i]
+            if pool is not None:
+                finished[n] = started[n].result()
+            if progress:
+                progress(n)
+
+        rf = grow_forests(forests, n_jobs, forest_done)
+    logreg, converged = zip(*(finished[n] for n in n_components))
+    return PCASweepResult(np.asarray(n_components), np.asarray(logreg), np.asarray(converged), np.asarray(rf),
+                          np.asarray(jax), len(y_train), len(y_test), logreg_max_iter, svd_solver)
+
+
+def _regression_workers(logreg_workers: int | None, n_jobs: int | None, n_rows: int, n_sizes: int) -> int:
+    """How many worker processes run the sklearn regressions (0: none, they run here)."""
+    from joblib import effective_n_jobs
+
+    if logreg_workers is None:
+        logreg_workers = min(4, effective_n_jobs(n_jobs) // 2) if n_rows >= MIN_ROWS_FOR_PROCESSES else 0
+    elif not is_integer(logreg_workers) or logreg_workers < 0:
+        raise ValueError(f"logreg_workers must be None or an integer >= 0, got {logreg_workers!r}")
+    return min(logreg_workers, n_sizes)
+
+
+@contextlib.contextmanager
+def _process_pool(workers: int):
+    """A pool of ``workers`` processes (None for 0); an error or Ctrl-C kills its work, queued and running.
+
+    Processes, not threads: each keeps its own warnings and one BLAS thread, where threads would
+    mix warnings, which Python records process-wide. A pool of its own (loky: safe beside JAX's
+    threads, no __main__ guard needed), not joblib's reusable one, which, taken here, was later
+    handed to joblib.Parallel (sklearn's MI) and failed there.
+    """
+    if workers < 1:
+        yield None
+        return
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, kill_workers=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def study_logreg_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
+                          max_iter: int) -> tuple[float, bool]:
+    """(test accuracy, converged) of sklearn ``LogisticRegression(max_iter)`` on unscaled PCA scores, as the study.
+
+    ``converged`` is False when lbfgs warned (the study saw 6 of 29). One BLAS thread: the
+    coefficients depend on the BLAS thread count in their last bits, so this makes the result
+    the same on every machine, and leaves the other cores to the forests.
+    """
+    with one_blas_thread(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model = LogisticRegression(max_iter=max_iter).fit(train, y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return float(model.score(test, y_test)), converged
+
+
+def _jax_accuracy(train: np.ndarray, test: np.ndarray, y_train: np.ndarray, y_test: np.ndarray) -> float:
+    """Test accuracy of the JAX Newton one-vs-rest fit on the scores, standardised on the training part."""
+    from emnist_jax.classic import logreg
+
+    classes, y_index = np.unique(y_train, return_inverse=True)
+    scaler = StandardScaler().fit(train)
+    params = logreg.ovr_fit(scaler.transform(train), y_index, len(classes))
+    predicted = classes[np.asarray(logreg.ovr_predict(params, scaler.transform(test).astype(np.float32)))]
+    return float((predicted == y_test).mean())
