@@ -4,14 +4,7 @@ Entry points: ``data.load`` (sources), ``data.load`` through the cache (and the 
 default), ``data.download`` (a local HTTP server on 127.0.0.1) and ``python -m emnist_jax.data``.
 Each case: the fault, the expected exception, warning or exit code, a fragment of the one-line
 message, and a check with tests/fault_cases.py that nothing partial was left and nothing that
-existed before changed. An id's note in brackets ("silent before", "traceback before",
-"misleading before", "poisoned retry before" ...) says how the code before this suite (commit
-42ebf42) handled that fault, found by running this table against it: 76 of the 83 cases that
-run as root failed there (source-is-a-fifo hung). The 7 that passed there: html-page-named-
-matlab.zip, entry-truncated, the use_cache=False check, info-missing-file, info-class-missing-
-in-train and both unknown-split cases. The other cases without a note failed there for a lesser
-reason (wording, no warning, an empty folder left) or because the fault could not be injected
-into the old code (its download did not write through os.fdopen).
+existed before changed.
 
 Permission errors: tests run as root here, and root ignores file modes, so a permission fault
 is made by having ``open``/``os.open``/``os.listdir``/``os.mkdir``/``os.unlink`` raise the
@@ -279,17 +272,17 @@ MAT_MEMBER = {"matlab/emnist-mnist.mat": ol.mat_bytes(DATA)}
 
 LOAD_CASES = [
     # id, make the source (src folder, faults) -> path, message fragment ({src}: the source folder)
-    ("images-float64-to-434 (silent before)", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 5, 434, float)}),
+    ("images-float64-to-434", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 5, 434, float)}),
      "{src}/emnist-mnist.mat: dataset.train.images holds float64 values 0..434; images must be uint8"),
-    ("images-floats-in-0-1 (silent before)", lambda s, f: mat(s, **{"train.images": ROWS / 255.0}),
+    ("images-floats-in-0-1", lambda s, f: mat(s, **{"train.images": ROWS / 255.0}),
      "dataset.train.images holds float64 values 0..1;"),
-    ("images-negative-int16 (silent before)",
+    ("images-negative-int16",
      lambda s, f: mat(s, **{"test.images": ol.transposed_rows(DATA["test_images"]).astype(np.int16) - 128}),
      "dataset.test.images holds int16 values -128..127"),
     ("images-whole-float64-0-255 (refused: not the official type)",
      lambda s, f: mat(s, **{"train.images": ROWS.astype(np.float64)}), "holds float64 values 0..255"),
-    ("images-uint16 (silent before)", lambda s, f: mat(s, **{"train.images": ROWS.astype(np.uint16)}), "holds uint16 values"),
-    ("images-with-nan (silent before)", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 0, np.nan, np.float32)}),
+    ("images-uint16", lambda s, f: mat(s, **{"train.images": ROWS.astype(np.uint16)}), "holds uint16 values"),
+    ("images-with-nan", lambda s, f: mat(s, **{"train.images": with_value(ROWS, 0, np.nan, np.float32)}),
      "float32 values 0..255 (1 NaN or infinite)"),
     ("labels-negative",
      lambda s, f: mat(s, **{"test.labels": with_value(DATA["test_labels"].reshape(-1, 1), 0, -1, np.int16)}),
@@ -299,40 +292,40 @@ LOAD_CASES = [
     ("labels-nan", lambda s, f: mat(s, **{"train.labels": with_value(DATA["train_labels"].reshape(-1, 1), 3,
                                                                       np.nan, float)}),
      "dataset.train.labels must be whole numbers"),
-    ("mapping-fractional-code (silent before)", lambda s, f: mat(s, mapping=np.array(DATA["mapping"], float) + [0, 0.5]),
+    ("mapping-fractional-code", lambda s, f: mat(s, mapping=np.array(DATA["mapping"], float) + [0, 0.5]),
      "mapping must hold whole numbers >= 0"),
-    ("no-training-images (nan percentages before)",
+    ("no-training-images",
      lambda s, f: mat(s, **{"train.images": ROWS[:0], "train.labels": np.zeros((0, 1), np.uint8)}),
      "{src}/emnist-mnist.mat: no training images"),
-    ("no-test-images (silent before)", lambda s, f: ol.write_idx_folder(s / "idx", "mnist", no_test_images()),
+    ("no-test-images", lambda s, f: ol.write_idx_folder(s / "idx", "mnist", no_test_images()),
      "{src}/idx: no test images"),
     ("html-page-named-matlab.zip", lambda s, f: written(s / "matlab.zip", b"<html>x</html>"),
      "{src}/matlab.zip: corrupt or truncated zip archive"),
-    ("source-symlink-loop (misleading before)", lambda s, f: loop(s), "{src}/emnist-mnist.mat: symbolic link loop"),
+    ("source-symlink-loop", lambda s, f: loop(s), "{src}/emnist-mnist.mat: symbolic link loop"),
     ("source-broken-symlink", lambda s, f: symlink(s, "emnist-mnist.mat", "gone.mat"),
      "{src}/emnist-mnist.mat: broken symbolic link (its target gone.mat does not exist)"),
-    ("source-is-a-fifo (hung before)", lambda s, f: fifo(s), "special/emnist-mnist.mat: is not a regular file or folder"),
-    ("source-below-a-file (misleading before)", lambda s, f: mat(s) / "emnist-mnist.mat",
+    ("source-is-a-fifo", lambda s, f: fifo(s), "special/emnist-mnist.mat: is not a regular file or folder"),
+    ("source-below-a-file", lambda s, f: mat(s) / "emnist-mnist.mat",
      "{src}/emnist-mnist.mat/emnist-mnist.mat: a part of the path is a file, not a folder"),
-    ("idx-member-symlink-loop (misleading before)",
+    ("idx-member-symlink-loop",
      lambda s, f: idx_with(s, "emnist-mnist-train-images-idx3-ubyte.gz", lambda p: loop(p.parent, p.name)),
      "{src}/idx/emnist-mnist-train-images-idx3-ubyte.gz: symbolic link loop"),
-    ("idx-mapping-is-a-folder (misleading before)", lambda s, f: idx_with(s, "emnist-mnist-mapping.txt", os.mkdir),
+    ("idx-mapping-is-a-folder", lambda s, f: idx_with(s, "emnist-mnist-mapping.txt", os.mkdir),
      "{src}/idx/emnist-mnist-mapping.txt: is a folder, not a file"),
-    ("mat-permission-denied (misleading before)", lambda s, f: f.deny(mat(s)) or s / "emnist-mnist.mat",
+    ("mat-permission-denied", lambda s, f: f.deny(mat(s)) or s / "emnist-mnist.mat",
      "{src}/emnist-mnist.mat: permission denied"),
-    ("idx-images-permission-denied (traceback before)",
+    ("idx-images-permission-denied",
      lambda s, f: f.deny(idx_folder(s) / "emnist-mnist-test-images-idx3-ubyte.gz") or s / "idx",
      "{src}/idx/emnist-mnist-test-images-idx3-ubyte.gz: permission denied"),
-    ("idx-mapping-permission-denied (traceback before)",
+    ("idx-mapping-permission-denied",
      lambda s, f: f.deny(idx_folder(s) / "emnist-mnist-mapping.txt") or s / "idx",
      "{src}/idx/emnist-mnist-mapping.txt: permission denied"),
-    ("zip-permission-denied (traceback before)",
+    ("zip-permission-denied",
      lambda s, f: f.deny(ol.write_zip(s / "gzip.zip", ol.idx_members("mnist", DATA))) or s / "gzip.zip",
      "{src}/gzip.zip: permission denied"),
-    ("folder-unreadable (traceback before)", lambda s, f: f.deny(idx_folder(s), calls=("listdir", "open")) or s / "idx",
+    ("folder-unreadable", lambda s, f: f.deny(idx_folder(s), calls=("listdir", "open")) or s / "idx",
      "{src}/idx: permission denied"),
-    ("mat-input-output-error (misleading before)", lambda s, f: f.deny(mat(s), code=errno.EIO) or s / "emnist-mnist.mat",
+    ("mat-input-output-error", lambda s, f: f.deny(mat(s), code=errno.EIO) or s / "emnist-mnist.mat",
      "{src}/emnist-mnist.mat: input/output error"),
     # headers that claim more than the file holds: refused before anything is allocated
     ("idx-header-claims-2**31-1-images", lambda s, f: idx_claiming(s, 2**31 - 1, compress=False),
@@ -524,7 +517,7 @@ def group_writable_folder_with_forgery(tmp, source, f):
 
 CACHE_CASES = [
     # id, make the fault (tmp, source, faults), warning fragment (None: no warning), names that may change
-    ("entry-is-a-folder (traceback before)", lambda t, s, f: entry_path(s).mkdir(parents=True),
+    ("entry-is-a-folder", lambda t, s, f: entry_path(s).mkdir(parents=True),
      "arrays-{key}.npz: is a folder, not a cache file", ()),
     ("cache-variable-names-a-file", cache_variable("file", lambda t: (t / "file").write_text("x")),
      "{tmp}/file: is a file, not a folder", ()),
@@ -533,7 +526,7 @@ CACHE_CASES = [
     ("cache-folder-symlink-loop", cache_variable("cache-loop", lambda t: loop(t, "cache-loop")),
      "symbolic link loop", ()),
     ("entry-symlink-loop", entry_loop, "arrays-{key}.npz: symbolic link loop", ()),
-    ("read-only-with-corrupt-entry (traceback before)", read_only_with_corrupt_entry,
+    ("read-only-with-corrupt-entry", read_only_with_corrupt_entry,
      "arrays-{key}.npz: corrupt entry (", ()),
     ("read-only-cache-miss", read_only_cache, "{cache}: permission denied", ()),
     ("entry-unreadable", unreadable_entry, "arrays-{key}.npz: permission denied", ()),
@@ -644,11 +637,11 @@ def default_linked_to_a_forgery(tmp, f):
 
 DEFAULT_CASES = [
     # id, fault (tmp, faults), warning fragment, times generated, whether the cached file ends up good
-    ("cache-is-a-file (traceback before)", default_cache_is_a_file,
+    ("cache-is-a-file", default_cache_is_a_file,
      "cache-file: is a file, not a folder; the embedded default data set is generated in memory", 1, False),
-    ("read-only-cache (traceback after generating before)", default_read_only, "cache: permission denied; the embedded "
+    ("read-only-cache", default_read_only, "cache: permission denied; the embedded "
      "default data set is generated in memory", 1, False),
-    ("cached-file-damaged (failed every run before)", default_file_corrupt, "generating the embedded default again", 2, True),
+    ("cached-file-damaged", default_file_corrupt, "generating the embedded default again", 2, True),
     ("shared-cache-folder-with-a-file-planted-by-another-user", default_planted_by_another_user,
      "cache: is writable by others (mode 1777); not trusted", 1, False),
     ("cached-file-owned-by-another-user", default_of_another_user,
@@ -749,9 +742,9 @@ def dest_exists(dest):
 
 DOWNLOAD_CASES = [
     # id, make the fault (server, dest, faults) -> download kwargs, expected, fragment, retry succeeds
-    ("truncated-zip-served-complete (poisoned retry before)", serve(GOOD[: len(GOOD) // 2]), EmnistDataError,
+    ("truncated-zip-served-complete", serve(GOOD[: len(GOOD) // 2]), EmnistDataError,
      "matlab.zip: not a zip archive", True),
-    ("html-page-with-status-200 (poisoned retry before)", serve(b"<!DOCTYPE html><p>Maintenance</p>"),
+    ("html-page-with-status-200", serve(b"<!DOCTYPE html><p>Maintenance</p>"),
      EmnistDataError, "received a web page (33 bytes of HTML), not the zip archive", True),
     ("empty-body", serve(b""), EmnistDataError, "not a zip archive (0 bytes", True),
     ("transfer-cut-short", serve(GOOD, cut=100), EmnistDataError, "download failed (ChunkedEncodingError", True),
@@ -760,14 +753,14 @@ DOWNLOAD_CASES = [
      f"{CLOSED}matlab.zip: download failed (ConnectionError", True),
     ("archive-hash-mismatch", lambda s, d, f: serve(GOOD)(s, d, f) or {"archive_hash": "md5:" + "0" * 32},
      EmnistDataError, "MD5 ", True),
-    ("member-sha256-mismatch (archive kept before)", lambda s, d, f: serve(GOOD)(s, d, f) or
+    ("member-sha256-mismatch", lambda s, d, f: serve(GOOD)(s, d, f) or
      {"file_hashes": {"emnist-mnist.mat": ("0" * 64, 1)}}, EmnistDataError,
      "emnist-mnist.mat: SHA-256 ", True),
     ("member-missing", serve(archive({"emnist-digits.mat": MAT})), EmnistDataError,
      "archive has no member emnist-mnist.mat", True),
     ("member-crc-bad", lambda s, d, f: serve(flip_member_byte(GOOD))(s, d, f) or {"file_hashes": {}},
      EmnistDataError, "corrupt or truncated zip archive (Bad CRC-32", True),
-    ("other-member-damaged (kept before)", lambda s, d, f: serve(archive(
+    ("other-member-damaged", lambda s, d, f: serve(archive(
         {"emnist-mnist.mat": MAT, "emnist-digits.mat": DIGITS[:-1] + b"x"}))(s, d, f) or
      {"file_hashes": {**HASHES, "emnist-digits.mat": (sha(DIGITS), len(DIGITS))}}, EmnistDataError,
      "emnist-digits.mat: SHA-256 ", True),
@@ -778,18 +771,18 @@ DOWNLOAD_CASES = [
     ("user-archive-wrong-md5",
      preexisting("matlab.zip", GOOD, archive_hash="md5:" + "1" * 32), EmnistDataError,
      "does not match the published 1111", False),
-    ("user-file-differs-from-member (overwritten before)", preexisting("emnist-mnist.mat", b"my own file"), EmnistDataError,
+    ("user-file-differs-from-member", preexisting("emnist-mnist.mat", b"my own file"), EmnistDataError,
      "emnist-mnist.mat: already exists and differs from the verified archive member; left alone", False),
-    ("dest-is-a-file (traceback before)", with_faults(lambda d, f: d.write_bytes(b"a file")), EmnistDataError,
+    ("dest-is-a-file", with_faults(lambda d, f: d.write_bytes(b"a file")), EmnistDataError,
      "emnist: is a file, not a folder", False),
-    ("dest-read-only (misleading before)", with_faults(lambda d, f: f.read_only(dest_exists(d))),
+    ("dest-read-only", with_faults(lambda d, f: f.read_only(dest_exists(d))),
      EmnistDataError, "cannot write the download there: permission denied", False),
-    ("dest-cannot-be-created (traceback before)", with_faults(lambda d, f: f.deny(d, calls=("mkdir",))),
+    ("dest-cannot-be-created", with_faults(lambda d, f: f.deny(d, calls=("mkdir",))),
      EmnistDataError, "permission denied", False),
-    ("disk-full-downloading (traceback before)",
+    ("disk-full-downloading",
      with_faults(lambda d, f: f.break_writes(".matlab.zip.", OSError(errno.ENOSPC, "full"))),
      EmnistDataError, "cannot write the download there: no space left on device", False),
-    ("disk-full-extracting (traceback before)",
+    ("disk-full-extracting",
      with_faults(lambda d, f: f.break_writes(".emnist-mnist.mat.", OSError(errno.ENOSPC, "full"))),
      EmnistDataError, "cannot write the download there: no space left on device", False),
     ("member-encrypted", serve(ol.zip_with_headers(GOOD, flags=1)), EmnistDataError,
@@ -931,19 +924,19 @@ def download_local(server, monkeypatch, body=GOOD):
 CLI_CASES = [
     # id, argv maker (tmp, faults, monkeypatch, server), exit code, stderr fragment, stdout must not hold
     ("info-missing-file", lambda t, f, m, s: ["info", "--data", str(t / "nope.mat")], 2, "nope.mat: file not found"),
-    ("info-float-images (silent before)", lambda t, f, m, s: cli_mat(t, f, **{"train.images": ROWS / 255.0}), 2,
+    ("info-float-images", lambda t, f, m, s: cli_mat(t, f, **{"train.images": ROWS / 255.0}), 2,
      "dataset.train.images holds float64 values 0..1"),
-    ("info-no-training-images (nan before)", lambda t, f, m, s: cli_mat(
+    ("info-no-training-images", lambda t, f, m, s: cli_mat(
         t, f, **{"train.images": ROWS[:0], "train.labels": np.zeros((0, 1), np.uint8)}), 2, "no training images"),
-    ("info-symlink-loop (misleading before)", lambda t, f, m, s: ["info", "--data", str(loop(t))], 2,
+    ("info-symlink-loop", lambda t, f, m, s: ["info", "--data", str(loop(t))], 2,
      "symbolic link loop"),
-    ("info-permission-denied (misleading before)", lambda t, f, m, s: denied_source(t, f), 2,
+    ("info-permission-denied", lambda t, f, m, s: denied_source(t, f), 2,
      "emnist-mnist.mat: permission denied"),
-    ("info-out-is-a-file (traceback before)", lambda t, f, m, s: out_is_a_file(t, f), 2,
+    ("info-out-is-a-file", lambda t, f, m, s: out_is_a_file(t, f), 2,
      "out: is a file, not a figure set folder; choose another name"),
-    ("info-out-unwritable (traceback before)", lambda t, f, m, s: f.deny(t, calls=("mkdir",)) or cli_mat(t, f),
+    ("info-out-unwritable", lambda t, f, m, s: f.deny(t, calls=("mkdir",)) or cli_mat(t, f),
      2, "out: cannot write in {tmp}: Permission denied"),
-    ("info-out-disk-full (traceback before)", lambda t, f, m, s: out_disk_full(t, f, m), 2,
+    ("info-out-disk-full", lambda t, f, m, s: out_disk_full(t, f, m), 2,
      "cannot write the figures: no space left on device"),
     ("info-out-folder-of-user-files", lambda t, f, m, s: users_pictures(t, f), 2,
      "Pictures: exists and is not a figure set made by this command (it holds 'samples.png'); the figure set "
@@ -970,17 +963,17 @@ CLI_CASES = [
      "mnist", "--out", str(t / "out")], 2, "matlab.zip:matlab/emnist-mnist.mat: is encrypted"),
     ("info-mapping-two-classes-named-8", lambda t, f, m, s: cli_mat(t, f, **mapping_of([8, 56], [9, 56])), 2,
      "mapping gives the character '8' twice (labels 8 and 9)"),
-    ("info-interrupted (traceback before)", lambda t, f, m, s: interrupted(t, f, m), 130, "interrupted"),
+    ("info-interrupted", lambda t, f, m, s: interrupted(t, f, m), 130, "interrupted"),
     ("info-class-missing-in-train", lambda t, f, m, s: without_class_3(t, f), 0, ""),
-    ("info-cache-unusable (traceback before)", lambda t, f, m, s: m.setenv(
+    ("info-cache-unusable", lambda t, f, m, s: m.setenv(
         "EMNIST_JAX_CACHE", str(mat(t))) or cli_mat(t, f), 0, "warning: array cache not used: "),
-    ("download-dest-is-a-file (traceback before)", lambda t, f, m, s: (t / "d").write_text("x") and
+    ("download-dest-is-a-file", lambda t, f, m, s: (t / "d").write_text("x") and
      ["download", "--split", "mnist", "--dest", str(t / "d")], 2, "d: is a file, not a folder"),
-    ("download-dest-read-only (misleading before)", lambda t, f, m, s: download_local(s, m) or
+    ("download-dest-read-only", lambda t, f, m, s: download_local(s, m) or
      f.read_only(dest_exists(t / "d")) or ["download", "--split", "mnist", "--dest", str(t / "d")], 2,
      "cannot write the download there: permission denied"),
     ("download-unknown-split", lambda t, f, m, s: ["download", "--split", "bogus"], 2, "invalid choice: 'bogus'"),
-    ("download-web-page (poisoned retry before)", lambda t, f, m, s: download_local(s, m, b"<html>busy</html>") or
+    ("download-web-page", lambda t, f, m, s: download_local(s, m, b"<html>busy</html>") or
      ["download", "--split", "mnist", "--dest", str(t / "d")], 2, "received a web page"),
     ("download-unreachable", lambda t, f, m, s: m.setattr(official, "BASE_URL", CLOSED) or
      ["download", "--split", "mnist", "--dest", str(t / "d")], 2, "download failed (ConnectionError"),
@@ -1021,7 +1014,7 @@ def test_command_line_fault(tmp_path, faults, monkeypatch, server, capsys, name,
 
 def test_info_into_a_closed_pipe_exits_141_quietly(tmp_path):
     # `python -m emnist_jax.data info | head -1`, made deterministic: the reader is gone before
-    # the first line is written (a BrokenPipeError traceback before).
+    # the first line is written; no BrokenPipeError traceback.
     source = mat(tmp_path)
     read_end, write_end = os.pipe()
     os.close(read_end)
