@@ -1,4 +1,4 @@
-"""The numbers the original study reported (shared/ORIGINAL_STUDY.md), for comparison tables.
+"""The numbers the original study reported (docs/original-study.md), for comparison tables.
 
 These are the study's printed results on the real EMNIST ByClass file, never our own.
 """

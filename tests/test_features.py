@@ -64,5 +64,5 @@ def test_agrees_with_sklearns_default_knn_estimator(tiny_dataset):
 
 
 def test_file_order_to_upright():
-    assert file_to_upright(184) == (16, 6)  # the study's top pixel (ORIGINAL_STUDY.md 3.3)
+    assert file_to_upright(184) == (16, 6)  # the study's top pixel (docs/original-study.md, 3.3)
     assert file_to_upright(423) == (3, 15)

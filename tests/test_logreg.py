@@ -92,7 +92,7 @@ def test_estimator_takes_any_label_type(problem):
 
 
 # Skipped by sklearn itself here: check_array_api_input (needs SCIPY_ARRAY_API=1) and
-# check_classifier_data_not_an_array (needs pandas, not a dependency). Nothing is skipped by us.
+# check_classifier_data_not_an_array (needs pandas, not a dependency). Nothing else is skipped.
 @parametrize_with_checks([OneVsRestLogisticRegression(), OneVsRestLogisticRegression(solver="gd", max_iter=200)])
 def test_sklearn_check_estimator(estimator, check):
     check(estimator)

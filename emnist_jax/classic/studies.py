@@ -31,7 +31,7 @@ from emnist_jax.classic.protocol import MIN_ROWS_FOR_PROCESSES, Progress, study_
 
 #: the study's logistic regression ran on 29 PCA components (its PCA loop's largest n)
 LOGREG_PCA_COMPONENTS = 29
-#: step of the study's hand-written gradient ascent (ORIGINAL_STUDY.md section 5)
+#: step of the study's hand-written gradient ascent (docs/original-study.md, section 5)
 STUDY_GD_ALPHA = 0.1
 #: how many top pixels the MI comparison keeps and compares (the RandomForest's largest k)
 TOP_PIXELS = 64

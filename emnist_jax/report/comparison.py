@@ -16,7 +16,7 @@ from emnist_jax import original_study as o
 from emnist_jax.profiles import PROFILES
 from emnist_jax.report.writers import table
 
-#: the study's protocol (ORIGINAL_STUDY.md), as the full profile defines it
+#: the study's protocol (docs/original-study.md), as the full profile defines it
 STUDY_PROTOCOL = PROFILES["full"]
 #: RandomForest rows of the table: the study's smallest and largest k and two between
 RF_ROWS = (o.RF_K[0], 20, 32, o.RF_K[-1])
