@@ -126,6 +126,14 @@ float* Sized(Buffer64& buffer, size_t n) {
 // so the numbers do not depend on which thread ran what (they do on the pool's size: the same machine
 // and thread count give the same numbers). Passes without partial sums take several parts per thread:
 // a thread that the shared machine slows down then leaves its last parts to the others.
+// One compiled copy of a part's body, which every thread calls: copies inlined into the caller and
+// into the pool's task may be compiled differently (one contracts an add and a product into an
+// FMA, the other not), and a part's numbers would then depend on the thread that ran it.
+template <typename F>
+__attribute__((noinline)) void RunPart(F& body, int part) {
+  body(part);
+}
+
 class Parts {
  public:
   explicit Parts(ffi::ThreadPool* pool, int per_thread = 1)
@@ -135,7 +143,7 @@ class Parts {
 
   template <typename F>
   void Run(F&& body) const {
-    if (count_ == 1) return body(0);
+    if (count_ == 1) return RunPart(body, 0);
     struct State {
       std::atomic<int> next{0}, finished{0};
       std::exception_ptr error;  // the first part's failure, written before its `finished` increment
@@ -147,7 +155,7 @@ class Parts {
     auto work = [state, fn, count] {
       for (int part; (part = state->next.fetch_add(1)) < count;) {
         try {
-          (*fn)(part);
+          RunPart(*fn, part);
         } catch (...) {  // reported by the caller, never thrown on a pool thread
           if (!state->failed.exchange(true)) state->error = std::current_exception();
         }
