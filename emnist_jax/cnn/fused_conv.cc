@@ -269,7 +269,7 @@ struct Tile<4> {
   static constexpr float AT[4][6] = {
       {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
   // a tile's transforms are 36/16 of F(2x2)'s, so fewer tiles per block (32 measured 0.96-1.04x, mixed)
-  static constexpr int64_t block = kRegisters >= 32 ? 16 : 18;  // 18 = 3 x 6 rows: 0.93-0.96x the time with 16 registers (AVX2)
+  static constexpr int64_t block = kRegisters >= 32 ? 16 : 18;  // 18 = 3 x 6 rows: 0.91-0.97x the time with 16 registers (AVX2)
 };
 
 template <int R, int C>
