@@ -12,7 +12,7 @@ process with the allocator setting of its half (glibc's default malloc or ``mall
 ``--compile-timeout``). Training images/s include the Adam step; evaluation is forward + argmax.
 The ratios divide by PyTorch eager of the same half and batch, measured in the same run before and
 after the JAX variants (the mean of the two; both in the json and the table). On a shared machine
-the load drifts within minutes, so ``--rounds`` more rounds (default 8) compare our CPU default and
+the load drifts within minutes, so ``--rounds`` more rounds (default 8) compare our CPU default (or ``--ours``) and
 PyTorch eager in turns: two children wait on stdin and are timed alternately (training, then
 evaluation, the order alternating per round); the table gives medians and the range of the ratios.
 PyTorch comes from the optional extra ``pip install -e '.[peers]'`` and is only imported here.
@@ -191,10 +191,11 @@ def torch_rows(batches, seconds, compiled: bool):
     return rows
 
 
-def serve(kind: str, batches) -> None:
+def serve(kind: str, batches, ours: str = "default") -> None:
     """A child that waits on stdin: "train B S" / "eval B S" time S seconds of that work at batch B
     and print images/s; "quit" ends. Two such children (ours, PyTorch eager) are driven in turns by
-    :func:`interleaved`; the idle one sleeps in a read, so it takes nothing from the other."""
+    :func:`interleaved`; the idle one sleeps in a read, so it takes nothing from the other. ``ours``:
+    the JAX variant, "default" or conv:K:loop."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -210,8 +211,10 @@ def serve(kind: str, batches) -> None:
 
         mesh = make_mesh()
         images, labels = jnp.asarray(images_np), jnp.asarray(labels_np)
+        conv, k, loop = parse_variant(ours)
+        chosen = {} if conv == "default" else {"conv_impl": conv, "steps_per_call": k, "loop": loop}
         for batch in batches:
-            config = TrainConfig(batch_size=batch).resolved("cpu")
+            config = TrainConfig(batch_size=batch, **chosen).resolved("cpu")
             index = jnp.asarray(rng.integers(0, 8192, (64, config.steps_per_call, batch)).astype(np.int32))
             box = {"state": create_state(config, 62), "sums": zero_sums(), "call": 0}
 
@@ -286,7 +289,7 @@ def interleaved(args, malloc: str) -> list[dict]:
     children = {}
     for kind in ("jax", "torch"):
         command = [sys.executable, os.path.abspath(__file__), "--child", f"serve-{kind}", "--malloc", malloc,
-                   "--batches", *map(str, args.batches)]
+                   "--batches", *map(str, args.batches), "--ours", args.ours]
         children[kind] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, text=True)
     try:
@@ -323,7 +326,7 @@ def child(args) -> None:
 
         malloc = tune_malloc()
     if args.child.startswith("serve-"):
-        serve(args.child[len("serve-"):], args.batches)
+        serve(args.child[len("serve-"):], args.batches, args.ours)
         return
     if args.child == "jax":
         from emnist_jax.cnn import fused, onednn
@@ -546,6 +549,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8,
                         help="rounds of the interleaved comparison (our default and PyTorch eager in two waiting "
                              "processes, timed in turns; 0: skip)")
+    parser.add_argument("--ours", default="default",
+                        help="the JAX variant of the interleaved comparison, 'default' or conv:K:loop (default: "
+                             "the CPU default)")
     parser.add_argument("--child", choices=("jax", "torch", "torch-compile", "serve-jax", "serve-torch"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,7 +1,9 @@
 // The study's convolution blocks, max_pool_same(leaky_relu(conv3x3_same(x, w) + b)), as hand-written
-// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads; no library. Built with g++ on
-// first use by emnist_jax/cnn/fused.py, which wraps the handlers in a jax.custom_vjp. NHWC
-// activations, HWIO weights.
+// CPU kernels behind XLA FFI handlers, run on XLA's intra-op threads; no library. Built with the C++
+// compiler (g++ or clang++) on first use by emnist_jax/cnn/fused.py, which wraps the handlers in a
+// jax.custom_vjp. NHWC activations, HWIO weights. Portable vector extensions only, as wide as the
+// target's registers (AVX-512, AVX2, SSE, NEON); tests/native/harness.cc checks every kernel against a
+// plain convolution on each target.
 //
 // conv1 (few input channels: "direct"): the block is computed a pooling window at a time (a 4x4 input
 // patch, 2x2 outputs, their maximum), so neither the full-size activation nor its gradient is ever
@@ -37,30 +39,57 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#ifdef FUSED_CONV_KERNELS_ONLY
+// The kernels alone, without XLA's headers: tests/native/harness.cc includes this file so and
+// supplies an ffi::ThreadPool (num_threads, Schedule).
+#else
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+#endif
 
 namespace {
 
-// 16 floats: one AVX-512 register where the machine has them (GCC splits it elsewhere).
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
+// The vector is as wide as the target's registers: L floats. A wider one (64 bytes where the target
+// has 32- or 16-byte registers) is split by the compiler, and its selects, compares and byte
+// conversions become scalar code. kRegisters: the target's vector registers, which the blocking of
+// the matrix product below fills. Channel counts are multiples of 16, so of every L.
+#if defined(__AVX512F__)
+#define FUSED_CONV_LANES 16
+constexpr int kRegisters = 32;
+#elif defined(__AVX__)
+#define FUSED_CONV_LANES 8
+constexpr int kRegisters = 16;
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+#define FUSED_CONV_LANES 4
+constexpr int kRegisters = 32;
+#else  // SSE (x86-64 up to v2), and any other target: 16-byte vectors
+#define FUSED_CONV_LANES 4
+constexpr int kRegisters = 16;
+#endif
+constexpr int L = FUSED_CONV_LANES;
 
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint8_t v16b __attribute__((vector_size(16), aligned(1)));
+typedef float vf __attribute__((vector_size(4 * FUSED_CONV_LANES)));
+typedef float vfu __attribute__((vector_size(4 * FUSED_CONV_LANES), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(4 * FUSED_CONV_LANES)));
+typedef uint8_t vb __attribute__((vector_size(FUSED_CONV_LANES), aligned(1)));
 
-inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
-inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-inline v16 vmax(v16 a, v16 b) { return (a > b) | (a != a) ? a : b; }  // a NaN wins, as in jnp.max
-inline v16 leaky(v16 v, float slope) { return v >= 0 ? v : v * slope; }
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+template <size_t... l>
+inline vf splat(float s, std::index_sequence<l...>) {
+  return vf{((void)l, s)...};  // {s, s, ...}: one broadcast (element by element, it was L inserts)
+}
+inline vf splat(float s) { return splat(s, std::make_index_sequence<L>{}); }
+inline vf vmax(vf a, vf b) { return ((a > b) | (a != a)) ? a : b; }  // a NaN wins, as in jnp.max
+inline vf leaky(vf v, float slope) { return v >= 0 ? v : v * slope; }
 
 // Per-thread buffers, grown to the largest size asked for and kept: a fresh allocation per call
 // would map and fault in fresh pages every step.
-// 64-byte aligned: a 16-float load that straddles two cache lines costs two. A handler's calling
+// 64-byte aligned: a vector load that straddles two cache lines costs two. A handler's calling
 // thread holds kU, kTurned and kPartial across a call; the parts (on every thread, the caller
 // included) use kV and kM, or (direct) kImage and kGradient.
 enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kSlots };
@@ -97,6 +126,14 @@ float* Sized(Buffer64& buffer, size_t n) {
 // so the numbers do not depend on which thread ran what (they do on the pool's size: the same machine
 // and thread count give the same numbers). Passes without partial sums take several parts per thread:
 // a thread that the shared machine slows down then leaves its last parts to the others.
+// One compiled copy of a part's body, which every thread calls: copies inlined into the caller and
+// into the pool's task may be compiled differently (one contracts an add and a product into an
+// FMA, the other not), and a part's numbers would then depend on the thread that ran it.
+template <typename F>
+__attribute__((noinline)) void RunPart(F& body, int part) {
+  body(part);
+}
+
 class Parts {
  public:
   explicit Parts(ffi::ThreadPool* pool, int per_thread = 1)
@@ -106,7 +143,7 @@ class Parts {
 
   template <typename F>
   void Run(F&& body) const {
-    if (count_ == 1) return body(0);
+    if (count_ == 1) return RunPart(body, 0);
     struct State {
       std::atomic<int> next{0}, finished{0};
       std::exception_ptr error;  // the first part's failure, written before its `finished` increment
@@ -118,7 +155,7 @@ class Parts {
     auto work = [state, fn, count] {
       for (int part; (part = state->next.fetch_add(1)) < count;) {
         try {
-          (*fn)(part);
+          RunPart(*fn, part);
         } catch (...) {  // reported by the caller, never thrown on a pool thread
           if (!state->failed.exchange(true)) state->error = std::current_exception();
         }
@@ -146,27 +183,27 @@ class Parts {
 // parts per thread for the passes without partial sums
 constexpr int kFine = 4;
 
-// ---- a small matrix product: C (+)= A B, B row-major with 16*NV columns per panel ----------------
+// ---- a small matrix product: C (+)= A B, B row-major with L*NV columns per panel -----------------
 // Layout and accumulation are template arguments: with them known, the inner loop is only loads,
 // broadcasts and FMAs (~165 GFLOP/s per core alone on the 2-core development machine, against ~125
 // with them read at run time; measured with a throwaway C++ timing harness).
 
-// MR x 16*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed
+// MR x L*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed
 template <int MR, int NV, bool kTransposed, bool kAccumulate>
 inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
-  v16 c[MR][NV];
+  vf c[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) c[i][j] = kAccumulate ? load(C + i * ldc + 16 * j) : v16{};
+    for (int j = 0; j < NV; ++j) c[i][j] = kAccumulate ? load(C + i * ldc + L * j) : vf{};
   for (int64_t k = 0; k < K; ++k) {
-    v16 b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = load(B + k * ldb + 16 * j);
+    vf b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = load(B + k * ldb + L * j);
     for (int i = 0; i < MR; ++i) {
-      const v16 a = splat(kTransposed ? A[i + k * lda] : A[i * lda + k]);
+      const vf a = splat(kTransposed ? A[i + k * lda] : A[i * lda + k]);
       for (int j = 0; j < NV; ++j) c[i][j] += a * b[j];
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) store(C + i * ldc + 16 * j, c[i][j]);
+    for (int j = 0; j < NV; ++j) store(C + i * ldc + L * j, c[i][j]);
 }
 
 template <int MR, int NV, bool kTransposed, bool kAccumulate>
@@ -181,14 +218,20 @@ inline void Rows(const float* A, int64_t lda, const float* B, int64_t ldb, float
   for (; m < M; ++m) Micro<1, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
 }
 
-// C (M x N) (+)= A (M x K) B (K x N); N a multiple of 16
+// C (M x N) (+)= A (M x K) B (K x N); N a multiple of L. The micro-kernel's blocking fills the
+// registers: MR x NV accumulators, NV vectors of B and a broadcast of A: 6 x 4 and 12 x 2 (26 of 32),
+// or 6 x 2 and 12 x 1 (15 and 14 of 16).
 template <bool kTransposed, bool kAccumulate>
 void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
           int64_t K) {
   int64_t n = 0;
-  for (; n + 64 <= N; n += 64) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
-  for (; n + 32 <= N; n += 32) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
-  for (; n + 16 <= N; n += 16) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  if constexpr (kRegisters >= 32) {
+    for (; n + 4 * L <= N; n += 4 * L) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+    for (; n + 2 * L <= N; n += 2 * L) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  } else {
+    for (; n + 2 * L <= N; n += 2 * L) Rows<6, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  }
+  for (; n + L <= N; n += L) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
 }
 
 // ---- Winograd F(m x m, 3 x 3) -------------------------------------------------------------------
@@ -226,7 +269,7 @@ struct Tile<4> {
   static constexpr float AT[4][6] = {
       {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
   // a tile's transforms are 36/16 of F(2x2)'s, so fewer tiles per block (32 measured 0.96-1.04x, mixed)
-  static constexpr int64_t block = 16;
+  static constexpr int64_t block = kRegisters >= 32 ? 16 : 18;  // 18 = 3 x 6 rows: 0.91-0.97x the time with 16 registers (AVX2)
 };
 
 template <int R, int C>
@@ -245,13 +288,13 @@ constexpr Matrix<C, R> Transposed(const float (&M)[R][C]) {
 // sum over p of c[p] * v[p * stride], the zero coefficients skipped (the loops are unrolled, so the
 // coefficients are constants and a transform is only its few adds and multiplies)
 template <int P>
-inline v16 Combine(const float (&c)[P], const v16* v, int stride) {
-  v16 sum{};
+inline vf Combine(const float (&c)[P], const vf* v, int stride) {
+  vf sum{};
   bool first = true;
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
     if (c[p] == 0) continue;
-    const v16 term = c[p] == 1 ? v[p * stride] : c[p] == -1 ? -v[p * stride] : c[p] * v[p * stride];
+    const vf term = c[p] == 1 ? v[p * stride] : c[p] == -1 ? -v[p * stride] : c[p] * v[p * stride];
     sum = first ? term : sum + term;
     first = false;
   }
@@ -260,16 +303,17 @@ inline v16 Combine(const float (&c)[P], const v16* v, int stride) {
 
 // out = L in R^T: L (R1 x P), in (P x Q), R (R2 x Q)
 template <int R1, int P, int R2, int Q>
-inline void Sandwich(const float (&L)[R1][P], const v16 (&in)[P][Q], const float (&R)[R2][Q], v16 (&out)[R1][R2]) {
-  v16 t[R1][Q];
+inline void Sandwich(const float (&Left)[R1][P], const vf (&in)[P][Q], const float (&Right)[R2][Q],
+                     vf (&out)[R1][R2]) {
+  vf t[R1][Q];
 #pragma GCC unroll 8
   for (int i = 0; i < R1; ++i)
 #pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) t[i][q] = Combine(L[i], &in[0][q], Q);
+    for (int q = 0; q < Q; ++q) t[i][q] = Combine(Left[i], &in[0][q], Q);
 #pragma GCC unroll 8
   for (int i = 0; i < R1; ++i)
 #pragma GCC unroll 8
-    for (int k = 0; k < R2; ++k) out[i][k] = Combine(R[k], &t[i][0], 1);
+    for (int k = 0; k < R2; ++k) out[i][k] = Combine(Right[k], &t[i][0], 1);
 }
 
 template <int m>
@@ -296,7 +340,7 @@ struct Geometry {
   }
 };
 
-// U[E][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), 16 output channels at a time; with
+// U[E][C][O] = G g G^T for every (c, o) of w (3, 3, C, O), L output channels at a time; with
 // `swapped`, of w with its channel axes swapped, so U is [E][O][C] (the backward pass's product
 // dV = Z U^T reads it so). C and O multiples of 16. In parallel: run once per call on the calling
 // thread it cost as much as a block's matrix products (F(4x4) on conv3).
@@ -316,8 +360,8 @@ void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, b
   parts.Run([&](int part) {
     const auto [first, last] = parts.Range(C, part);
     for (int64_t c = first; c < last; ++c)
-      for (int64_t o = 0; o < O; o += 16) {
-        v16 g[3][3], u[W::a][W::a];
+      for (int64_t o = 0; o < O; o += L) {
+        vf g[3][3], u[W::a][W::a];
         #pragma GCC unroll 36
         for (int k = 0; k < 9; ++k) g[k / 3][k % 3] = load(w + (k * C + c) * O + o);
         Sandwich(Tile<m>::G, g, Tile<m>::G, u);
@@ -337,13 +381,13 @@ void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, in
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
     if (t < end) g.where(t, &i, &r, &q);
-    for (int64_t c = 0; c < C; c += 16) {
-      v16 d[W::a][W::a], v[W::a][W::a];
+    for (int64_t c = 0; c < C; c += L) {
+      vf d[W::a][W::a], v[W::a][W::a];
       #pragma GCC unroll 36
       for (int e = 0; e < W::E; ++e) {
         const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
         const bool inside = t < end && row >= 0 && row < g.h && col >= 0 && col < g.w;
-        d[e / W::a][e % W::a] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : v16{};
+        d[e / W::a][e % W::a] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : vf{};
       }
       Sandwich(Tile<m>::BT, d, Tile<m>::BT, v);
       #pragma GCC unroll 36
@@ -376,19 +420,19 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
       for (int64_t k = 0; k < W::kBlock && t0 + k < g.tiles; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
-        for (int64_t o = 0; o < O; o += 16) {
-          v16 mv[W::a][W::a], out[m][m];
+        for (int64_t o = 0; o < O; o += L) {
+          vf mv[W::a][W::a], out[m][m];
           #pragma GCC unroll 36
           for (int e = 0; e < W::E; ++e) mv[e / W::a][e % W::a] = load(M + (e * W::kBlock + k) * O + o);
           Sandwich(Tile<m>::AT, mv, Tile<m>::AT, out);
-          const v16 bv = load(bias + o);
+          const vf bv = load(bias + o);
           #pragma GCC unroll 36
           for (int wr = 0; wr < m / 2; ++wr)
             #pragma GCC unroll 36
             for (int wc = 0; wc < m / 2; ++wc) {
               const int64_t pr = (m / 2) * r + wr, pc = (m / 2) * q + wc;  // the pooling window
               if (pr >= g.ph || pc >= g.pw) continue;
-              v16 pre[2][2], ys[2][2], best = splat(minus_inf);
+              vf pre[2][2], ys[2][2], best = splat(minus_inf);
               #pragma GCC unroll 36
               for (int u = 0; u < 2; ++u)
                 #pragma GCC unroll 36
@@ -401,12 +445,12 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
               const int64_t at = ((i * g.ph + pr) * g.pw + pc) * O + o;
               store(p + at, best);
               if (mask) {
-                v16i bits{};
+                vi bits{};
                 #pragma GCC unroll 36
                 for (int b = 0; b < 4; ++b)
                   bits |= ((ys[b / 2][b % 2] == best) & (1 << b)) |
                           ((pre[b / 2][b % 2] >= 0) & (1 << (kPositive + b)));
-                *reinterpret_cast<v16b*>(mask + at) = __builtin_convertvector(bits, v16b);
+                *reinterpret_cast<vb*>(mask + at) = __builtin_convertvector(bits, vb);
               }
             }
         }
@@ -416,18 +460,18 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
 }
 
 // The gradient before the LeakyReLU of pooling window (pr, pc) of image i from its mask byte, for
-// channels o..o+15: the window's gradient split evenly among its maxima, times the slope where the
+// channels o..o+L-1: the window's gradient split evenly among its maxima, times the slope where the
 // pre-activation was negative; zero elsewhere.
 inline void MaskGrad(const uint8_t* mask, const float* dp, const Geometry& g, int64_t O, int64_t i, int64_t pr,
-                     int64_t pc, int64_t o, float slope, v16 out[2][2]) {
+                     int64_t pc, int64_t o, float slope, vf out[2][2]) {
   const int64_t at = ((i * g.ph + pr) * g.pw + pc) * O + o;
-  const v16i bits = __builtin_convertvector(*reinterpret_cast<const v16b*>(mask + at), v16i);
-  const v16i count = (bits & 1) + ((bits >> 1) & 1) + ((bits >> 2) & 1) + ((bits >> 3) & 1);
-  const v16 share = load(dp + at) / __builtin_convertvector(count, v16);
+  const vi bits = __builtin_convertvector(*reinterpret_cast<const vb*>(mask + at), vi);
+  const vi count = (bits & 1) + ((bits >> 1) & 1) + ((bits >> 2) & 1) + ((bits >> 3) & 1);
+  const vf share = load(dp + at) / __builtin_convertvector(count, vf);
   #pragma GCC unroll 36
   for (int k = 0; k < 4; ++k) {
-    const v16 scaled = ((bits >> (kPositive + k)) & 1) != 0 ? share : share * slope;
-    out[k / 2][k % 2] = ((bits >> k) & 1) != 0 ? scaled : v16{};
+    const vf scaled = ((bits >> (kPositive + k)) & 1) != 0 ? share : share * slope;
+    out[k / 2][k % 2] = ((bits >> k) & 1) != 0 ? scaled : vf{};
   }
 }
 
@@ -461,17 +505,17 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
         const int64_t t = t0 + k;
         int64_t i = 0, r = 0, q = 0;
         if (t < end) g.where(t, &i, &r, &q);
-        for (int64_t o = 0; o < O; o += 16) {
-          v16 d[m][m] = {};
+        for (int64_t o = 0; o < O; o += L) {
+          vf d[m][m] = {};
           if (t < end) {
-            v16 sum{};
+            vf sum{};
             #pragma GCC unroll 36
             for (int wr = 0; wr < m / 2; ++wr)
               #pragma GCC unroll 36
               for (int wc = 0; wc < m / 2; ++wc) {
                 const int64_t pr = (m / 2) * r + wr, pc = (m / 2) * q + wc;
                 if (pr >= g.ph || pc >= g.pw) continue;
-                v16 window[2][2];
+                vf window[2][2];
                 MaskGrad(mask, dp, g, O, i, pr, pc, o, slope, window);
                 #pragma GCC unroll 36
                 for (int u = 0; u < 2; ++u)
@@ -484,7 +528,7 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
             store(myB + o, load(myB + o) + sum);
           }
           // the output transform's transpose
-          v16 z[W::a][W::a];
+          vf z[W::a][W::a];
           Sandwich(W::A.at, d, W::A.at, z);
           #pragma GCC unroll 36
           for (int e = 0; e < W::E; ++e) store(Z + (e * W::kBlock + k) * O + o, z[e / W::a][e % W::a]);
@@ -500,8 +544,8 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
       for (int64_t k = 0; k < W::kBlock && t0 + k < end; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
-        for (int64_t c = 0; c < C; c += 16) {
-          v16 dv[W::a][W::a], dd[W::a][W::a];
+        for (int64_t c = 0; c < C; c += L) {
+          vf dv[W::a][W::a], dd[W::a][W::a];
           #pragma GCC unroll 36
           for (int e = 0; e < W::E; ++e) dv[e / W::a][e % W::a] = load(V + (e * W::kBlock + k) * C + c);
           Sandwich(B.at, dv, B.at, dd);
@@ -516,16 +560,16 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
       }
     }
   });
-  // dw = G^T dU G, the weight transform's transpose, of the parts' sum; 16 output channels at a time,
+  // dw = G^T dU G, the weight transform's transpose, of the parts' sum; L output channels at a time,
   // in parallel over the input channels (run on the calling thread alone it cost as much as a block)
   parts.Run([&](int part) {
     const auto [first, last] = parts.Range(C, part);
     for (int64_t c = first; c < last; ++c)
-      for (int64_t o = 0; o < O; o += 16) {
-        v16 u[W::a][W::a], out[3][3];
+      for (int64_t o = 0; o < O; o += L) {
+        vf u[W::a][W::a], out[3][3];
         #pragma GCC unroll 36
         for (int e = 0; e < W::E; ++e) {
-          v16 sum{};
+          vf sum{};
           for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + (e * C + c) * O + o);
           u[e / W::a][e % W::a] = sum;
         }
@@ -534,8 +578,8 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
         for (int k = 0; k < 9; ++k) store(dw + (k * C + c) * O + o, out[k / 3][k % 3]);
       }
   });
-  for (int64_t o = 0; o < O; o += 16) {
-    v16 sum{};
+  for (int64_t o = 0; o < O; o += L) {
+    vf sum{};
     for (int k = 0; k < count; ++k) sum += load(partial + k * per_part + W::E * C * O + o);
     store(db + o, sum);
   }
@@ -557,52 +601,52 @@ void Pad(const float* x, const Direct& s, int64_t i, float* P) {
     std::memcpy(P + ((row + 1) * s.pw + 1) * s.c, x + (i * s.h + row) * s.w * s.c, s.w * s.c * sizeof(float));
 }
 
-// The weights of output channels o..o+16 NV, packed [9][C][NV][16], and their biases [NV][16]: a
+// The weights of output channels o..o+L NV, packed [9][C][NV][L], and their biases [NV][L]: a
 // window's loads then sit at fixed offsets from one pointer (with the strides read at run time the
 // address arithmetic outweighed the products).
 template <int NV>
 void Pack(const float* w, const float* bias, const Direct& s, int64_t o, float* packed) {
   for (int64_t kc = 0; kc < 9 * s.c; ++kc)
-    for (int j = 0; j < NV; ++j) store(packed + (kc * NV + j) * 16, load(w + kc * s.o + o + 16 * j));
-  for (int j = 0; j < NV; ++j) store(packed + (9 * s.c * NV + j) * 16, load(bias + o + 16 * j));
+    for (int j = 0; j < NV; ++j) store(packed + (kc * NV + j) * L, load(w + kc * s.o + o + L * j));
+  for (int j = 0; j < NV; ++j) store(packed + (9 * s.c * NV + j) * L, load(bias + o + L * j));
 }
 
 // The 2x2 pre-activations of pooling window (r, q) for the packed channels, from the padded image;
-// NV groups of 16 channels share the patch's broadcasts. kC: the input channels where known at
+// NV groups of L channels share the patch's broadcasts. kC: the input channels where known at
 // compile time (1: conv1), else 0.
 template <int NV, int kC>
 inline void DirectWindow(const float* P, const float* packed, const Direct& s, int64_t r, int64_t q,
-                         v16 pre[NV][2][2]) {
+                         vf pre[NV][2][2]) {
   const int64_t C = kC ? kC : s.c, row = s.pw * C;
   for (int j = 0; j < NV; ++j) {
-    const v16 bv = load(packed + (9 * C * NV + j) * 16);
+    const vf bv = load(packed + (9 * C * NV + j) * L);
     for (int a = 0; a < 2; ++a)
       for (int b = 0; b < 2; ++b) pre[j][a][b] = bv;
   }
   const float* corner = P + (2 * r * s.pw + 2 * q) * C;
   for (int64_t c = 0; c < C; ++c) {
-    v16 patch[4][4];
+    vf patch[4][4];
     for (int a = 0; a < 4; ++a)
       for (int b = 0; b < 4; ++b) patch[a][b] = splat(corner[a * row + b * C + c]);
     for (int k = 0; k < 9; ++k)
       for (int j = 0; j < NV; ++j) {
-        const v16 wv = load(packed + ((k * C + c) * NV + j) * 16);
+        const vf wv = load(packed + ((k * C + c) * NV + j) * L);
         for (int a = 0; a < 2; ++a)
           for (int b = 0; b < 2; ++b) pre[j][a][b] += patch[a + k / 3][b + k % 3] * wv;
       }
   }
 }
 
-// The gradient before the LeakyReLU of window (r, q) of image i, channels o..o+16 NV, recomputed from
+// The gradient before the LeakyReLU of window (r, q) of image i, channels o..o+L NV, recomputed from
 // the padded image: JAX's tie rule on the window's outputs (positions outside the image never count,
 // and get zero).
 template <int NV, int kC>
 inline void DirectWindowGrad(const float* P, const float* packed, const float* dp, float slope, const Direct& s,
-                             int64_t i, int64_t r, int64_t q, int64_t o, v16 d[NV][2][2]) {
-  v16 pre[NV][2][2];
+                             int64_t i, int64_t r, int64_t q, int64_t o, vf d[NV][2][2]) {
+  vf pre[NV][2][2];
   DirectWindow<NV, kC>(P, packed, s, r, q, pre);
   for (int j = 0; j < NV; ++j) {
-    v16 ys[2][2], best = splat(-__builtin_inff()), count{};
+    vf ys[2][2], best = splat(-__builtin_inff()), count{};
     for (int a = 0; a < 2; ++a)
       for (int b = 0; b < 2; ++b) {
         const bool inside = 2 * r + a < s.h && 2 * q + b < s.w;
@@ -610,33 +654,33 @@ inline void DirectWindowGrad(const float* P, const float* packed, const float* d
         best = vmax(best, ys[a][b]);
       }
     for (int a = 0; a < 2; ++a)
-      for (int b = 0; b < 2; ++b) count += ys[a][b] == best ? splat(1.f) : v16{};
-    const v16 share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j) / count;
+      for (int b = 0; b < 2; ++b) count += ys[a][b] == best ? splat(1.f) : vf{};
+    const vf share = load(dp + ((i * s.th + r) * s.tw + q) * s.o + o + L * j) / count;
     for (int a = 0; a < 2; ++a)
       for (int b = 0; b < 2; ++b)
-        d[j][a][b] = ys[a][b] == best ? share * (pre[j][a][b] >= 0 ? splat(1.f) : splat(slope)) : v16{};
+        d[j][a][b] = ys[a][b] == best ? share * (pre[j][a][b] >= 0 ? splat(1.f) : splat(slope)) : vf{};
   }
 }
 
 template <int N>
 using Int = std::integral_constant<int, N>;
 
-// body(Int<NV>, Int<kC>, o) for every group of output channels: 32 at a time, then 16; kC = 1 where
+// body(Int<NV>, Int<kC>, o) for every group of output channels: 2 L at a time, then L; kC = 1 where
 // the image has one channel.
 template <typename F>
 void ByChannels(const Direct& s, F&& body) {
   int64_t o = 0;
   if (s.c == 1) {
-    for (; o + 32 <= s.o; o += 32) body(Int<2>{}, Int<1>{}, o);
-    for (; o < s.o; o += 16) body(Int<1>{}, Int<1>{}, o);
+    for (; o + 2 * L <= s.o; o += 2 * L) body(Int<2>{}, Int<1>{}, o);
+    for (; o < s.o; o += L) body(Int<1>{}, Int<1>{}, o);
   } else {
-    for (; o + 32 <= s.o; o += 32) body(Int<2>{}, Int<0>{}, o);
-    for (; o < s.o; o += 16) body(Int<1>{}, Int<0>{}, o);
+    for (; o + 2 * L <= s.o; o += 2 * L) body(Int<2>{}, Int<0>{}, o);
+    for (; o < s.o; o += L) body(Int<1>{}, Int<0>{}, o);
   }
 }
 
 // body(Int<NV>, Int<kC>, packed, o, r, q) for every pooling window (r, q) and group of output
-// channels o..o+16 NV, the group's weights packed once
+// channels o..o+L NV, the group's weights packed once
 template <typename F>
 void ByWindow(const float* w, const float* bias, const Direct& s, F&& body) {
   alignas(64) float packed[(9 * 15 + 1) * 32];  // Pack's most: 15 input channels, 32 output channels
@@ -652,11 +696,11 @@ void DirectImageGrad(const float* P, const float* w, const float* bias, const fl
                      int64_t i, float* D) {
   ByWindow(w, bias, s, [&](auto nv, auto kc, const float* packed, int64_t o, int64_t r, int64_t q) {
     constexpr int NV = decltype(nv)::value;
-    v16 d[NV][2][2];
+    vf d[NV][2][2];
     DirectWindowGrad<NV, decltype(kc)::value>(P, packed, dp, slope, s, i, r, q, o, d);
     for (int j = 0; j < NV; ++j)
       for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o + 16 * j, d[j][a][b]);
+        for (int b = 0; b < 2; ++b) store(D + ((2 * r + a) * 2 * s.tw + 2 * q + b) * s.o + o + L * j, d[j][a][b]);
   });
 }
 
@@ -669,16 +713,16 @@ void DirectForward(const Parts& parts, const float* x, const float* w, const flo
       Pad(x, s, i, P);
       ByWindow(w, bias, s, [&](auto nv, auto kc, const float* packed, int64_t o, int64_t r, int64_t q) {
         constexpr int NV = decltype(nv)::value;
-        v16 pre[NV][2][2];
+        vf pre[NV][2][2];
         DirectWindow<NV, decltype(kc)::value>(P, packed, s, r, q, pre);
         // LeakyReLU is increasing: applied once, to the maximum of the pre-activations, it gives the
         // maximum of the activations
         const bool rows = 2 * r + 1 < s.h, cols = 2 * q + 1 < s.w;  // the window's second row, column
         for (int j = 0; j < NV; ++j) {
-          v16 best = pre[j][0][0];
+          vf best = pre[j][0][0];
           if (cols) best = vmax(best, pre[j][0][1]);
           if (rows) best = vmax(best, cols ? vmax(pre[j][1][0], pre[j][1][1]) : pre[j][1][0]);
-          store(p + ((i * s.th + r) * s.tw + q) * s.o + o + 16 * j, leaky(best, slope));
+          store(p + ((i * s.th + r) * s.tw + q) * s.o + o + L * j, leaky(best, slope));
         }
       });
     }
@@ -686,29 +730,29 @@ void DirectForward(const Parts& parts, const float* x, const float* w, const flo
 }
 
 // dw[ka][kb][c] += sum over pixels of P[pixel + (ka, kb)][c] * dpre[pixel] for one image, channels
-// o..o+16 NV: per input channel the 9 NV sums stay in registers through the whole image, and each
-// broadcast of the image serves NV groups of 16 output channels.
+// o..o+L NV: per input channel the 9 NV sums stay in registers through the whole image, and each
+// broadcast of the image serves NV groups of L output channels.
 template <int NV, int kC>
 inline void PixelSums(const float* P, const float* D, const Direct& s, int64_t rows, int64_t cols, int64_t o,
                       float* dw) {
   const int64_t C = kC ? kC : s.c;
   for (int64_t c = 0; c < C; ++c) {
-    v16 acc[9][NV] = {};
+    vf acc[9][NV] = {};
     for (int64_t row = 0; row < rows; ++row) {
       const float* image = P + row * s.pw * C + c;  // the 3 x cols window rows from `row` on
       const float* grad = D + row * cols * s.o + o;
       for (int64_t col = 0; col < cols; ++col) {
-        v16 d[NV];
-        for (int j = 0; j < NV; ++j) d[j] = load(grad + col * s.o + 16 * j);
+        vf d[NV];
+        for (int j = 0; j < NV; ++j) d[j] = load(grad + col * s.o + L * j);
         for (int k = 0; k < 9; ++k) {
-          const v16 v = splat(image[((k / 3) * s.pw + col + k % 3) * C]);
+          const vf v = splat(image[((k / 3) * s.pw + col + k % 3) * C]);
           for (int j = 0; j < NV; ++j) acc[k][j] += v * d[j];
         }
       }
     }
     for (int k = 0; k < 9; ++k)
       for (int j = 0; j < NV; ++j) {
-        float* at = dw + (k * C + c) * s.o + o + 16 * j;
+        float* at = dw + (k * C + c) * s.o + o + L * j;
         store(at, load(at) + acc[k][j]);
       }
   }
@@ -729,13 +773,15 @@ void DirectWeightGrad(const Parts& parts, const float* x, const float* w, const 
     for (int64_t i = first; i < last; ++i) {
       Pad(x, s, i, P);
       DirectImageGrad(P, w, bias, dp, slope, s, i, D);
-      for (int64_t o = 0; o < s.o; o += 16) {
-        v16 sum{};
+      for (int64_t o = 0; o < s.o; o += L) {
+        vf sum{};
         for (int64_t px = 0; px < rows * cols; ++px) sum += load(D + px * s.o + o);
         store(mine + 9 * s.c * s.o + o, load(mine + 9 * s.c * s.o + o) + sum);
       }
       ByChannels(s, [&](auto nv, auto kc, int64_t o) {
-        PixelSums<decltype(nv)::value, decltype(kc)::value>(P, D, s, rows, cols, o, mine);
+        // 9 NS sums, NS vectors of the gradient and a broadcast in registers: all NV groups where they fit
+        constexpr int NV = decltype(nv)::value, NS = 10 * NV + 1 <= kRegisters ? NV : 1;
+        for (int j = 0; j < NV; j += NS) PixelSums<NS, decltype(kc)::value>(P, D, s, rows, cols, o + L * j, mine);
       });
     }
   });
@@ -760,26 +806,23 @@ void DirectInputGrad(const Parts& parts, const float* x, const float* w, const f
       for (int64_t row = 0; row < s.h; ++row)
         for (int64_t col = 0; col < s.w; ++col)
           for (int64_t c = 0; c < s.c; ++c) {
-            v16 acc{};
+            vf acc{};
             for (int ka = 0; ka < 3; ++ka)
               for (int kb = 0; kb < 3; ++kb) {
                 const int64_t orow = row - ka + 1, ocol = col - kb + 1;
                 if (orow < 0 || orow >= s.h || ocol < 0 || ocol >= s.w) continue;
-                for (int64_t o = 0; o < s.o; o += 16)
+                for (int64_t o = 0; o < s.o; o += L)
                   acc += load(D + (orow * cols + ocol) * s.o + o) * load(w + ((ka * 3 + kb) * s.c + c) * s.o + o);
               }
             float sum = 0.f;
-            for (int l = 0; l < 16; ++l) sum += acc[l];
+            for (int l = 0; l < L; ++l) sum += acc[l];
             dx[((i * s.h + row) * s.w + col) * s.c + c] = sum;
           }
     }
   });
 }
 
-// ---- FFI handlers -------------------------------------------------------------------------------
-
-using Buffer = ffi::Buffer<ffi::F32>;
-using Result = ffi::ResultBuffer<ffi::F32>;
+// ---- a Winograd call: the weight transform, then the pass --------------------------------------
 
 struct Dims {
   int64_t n, h, w, c, o;
@@ -788,6 +831,30 @@ struct Dims {
   std::vector<int64_t> kernel() const { return {3, 3, c, o}; }
   std::vector<int64_t> bias() const { return {o}; }
 };
+
+template <int m>
+void Forward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const float* b, float slope,
+             float* p, uint8_t* mask) {
+  const Parts parts(pool, kFine);
+  float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
+  WeightTransform<m>(parts, w, d.c, d.o, false, U);
+  WinogradForward<m>(parts, x, U, b, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, p, mask);
+}
+
+template <int m>
+void Backward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const uint8_t* mask,
+              const float* dp, float slope, float* dx, float* dw, float* db) {
+  const Parts parts(pool), fine(pool, kFine);
+  float* UT = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
+  WeightTransform<m>(fine, w, d.c, d.o, true, UT);
+  WinogradBackward<m>(parts, x, UT, mask, dp, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, dx, dw, db);
+}
+
+#ifndef FUSED_CONV_KERNELS_ONLY
+// ---- FFI handlers -------------------------------------------------------------------------------
+
+using Buffer = ffi::Buffer<ffi::F32>;
+using Result = ffi::ResultBuffer<ffi::F32>;
 
 template <typename T>
 bool Is(const T& buffer, const std::vector<int64_t>& shape) {
@@ -865,24 +932,6 @@ ffi::Error CheckTile(int32_t tile) {
   return ffi::Error::InvalidArgument("fused conv: the Winograd tile must be 2 or 4");
 }
 
-template <int m>
-void Forward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const float* b, float slope,
-             float* p, uint8_t* mask) {
-  const Parts parts(pool, kFine);
-  float* U = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
-  WeightTransform<m>(parts, w, d.c, d.o, false, U);
-  WinogradForward<m>(parts, x, U, b, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, p, mask);
-}
-
-template <int m>
-void Backward(ffi::ThreadPool* pool, const Dims& d, const float* x, const float* w, const uint8_t* mask,
-              const float* dp, float slope, float* dx, float* dw, float* db) {
-  const Parts parts(pool), fine(pool, kFine);
-  float* UT = Sized(Scratch(kU), Winograd<m>::E * d.c * d.o);
-  WeightTransform<m>(fine, w, d.c, d.o, true, UT);
-  WinogradBackward<m>(parts, x, UT, mask, dp, slope, Geometry(d.n, d.h, d.w, m), d.c, d.o, dx, dw, db);
-}
-
 ffi::Error WinoFwd(ffi::ThreadPool pool, Buffer x, Buffer w, Buffer b, float slope, int32_t tile, Result p,
                    ffi::ResultBuffer<ffi::U8> mask) {
   Dims d;
@@ -922,8 +971,11 @@ ffi::Error WinoBwd(ffi::ThreadPool pool, Buffer x, Buffer w, ffi::Buffer<ffi::U8
   });
 }
 
+#endif  // FUSED_CONV_KERNELS_ONLY
+
 }  // namespace
 
+#ifndef FUSED_CONV_KERNELS_ONLY
 #define ARG .Arg<ffi::Buffer<ffi::F32>>()
 #define RET .Ret<ffi::Buffer<ffi::F32>>()
 #define SLOPE .Attr<float>("slope")
@@ -944,3 +996,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FusedWinogradBackward, WinoBwd,
 #undef SLOPE
 #undef TILE
 #undef BIND
+#endif  // FUSED_CONV_KERNELS_ONLY
