@@ -94,8 +94,8 @@ def not_default_reason() -> str | None:
     except native.BuildError as e:
         return str(e)
     if not macros & MEASURED_FAST_ON.keys():
-        return (f"the build target ({target}) has no {' or '.join(MEASURED_FAST_ON.values())}, where they were "
-                "measured slower than the slices form")
+        return (f"the build target ({target}) has no {' or '.join(MEASURED_FAST_ON.values())}, the instruction "
+                "sets they were measured faster than the slices form on")
     return unavailable_reason()
 
 
