@@ -9,6 +9,7 @@ bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -77,6 +78,31 @@ def leftovers(workdir: Path) -> list[str]:
     return [p.name for p in (workdir / "checkpoints").glob("*") if "tmp" in p.name]
 
 
+HOLDER = """
+import fcntl, os, sys
+lock = open(sys.argv[1], "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+lock.truncate(0)
+lock.write(str(os.getpid()))
+lock.flush()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def another_run_in(workdir: Path):
+    """Another process holding ``workdir``'s lock, as a run training there would; yields its pid."""
+    (workdir / "checkpoints").mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir / "checkpoints" / ".lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.communicate("", timeout=30)
+
+
 def steps_on_disk(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
 
@@ -91,12 +117,22 @@ def steps_on_disk(workdir: Path) -> list[int]:
     (dict(learning_rate=-1e-3), "learning_rate"), (dict(eps=0.0), "eps"), (dict(b1=1.0), "b1"),
     (dict(seed=-1), "seed"), (dict(seed=2**32), "seed"), (dict(seed=True), "seed"),
     (dict(protocol="kfold"), "protocol"), (dict(conv_impl="fft"), "conv_impl"), (dict(loop="while"), "loop"),
-    (dict(eval_batch_size=0), "eval_batch_size"),
+    (dict(eval_batch_size=0), "eval_batch_size"), (dict(epochs=np.float32(1.5)), "epochs"),
+    (dict(seed=np.bool_(True)), "seed"), (dict(batch_size=np.int64(0)), "batch_size"),
 ], ids=lambda v: str(v) if isinstance(v, str) else ",".join(f"{k}={x!r}" for k, x in v.items()))
 def test_config_out_of_range_is_refused_when_made(change, field):
     with pytest.raises(ConfigError, match=f"^{field} must") as error:
         TrainConfig(**change)
     assert error.value.field == field and "\n" not in str(error.value)
+
+
+def test_config_takes_numpy_scalars_as_python_numbers():
+    """A checkpoint records the config as JSON, which takes no numpy scalar."""
+    config = TrainConfig(epochs=np.int64(2), seed=np.uint32(3), learning_rate=np.float32(0.5),
+                         protocol=np.str_("official"), steps_per_call=np.int16(2))
+    assert [type(getattr(config, f)) for f in ("epochs", "seed", "learning_rate", "protocol", "steps_per_call")] \
+        == [int, int, float, str, int]
+    assert json.loads(json.dumps(config.to_json()))["learning_rate"] == 0.5
 
 
 # ---- train_and_evaluate: bad data and arguments -------------------------------------------------
@@ -109,8 +145,23 @@ def test_config_out_of_range_is_refused_when_made(change, field):
     (dict(test_labels=np.full(62, -1)), {}, "test_labels must lie in 0..61"),
     ({}, dict(config=dataclasses.replace(CFG, batch_size=5000)), "batch_size 5000 is larger than the 100"),
     ({}, dict(resume=True), "resume needs a workdir"),
+    (dict(train_labels=np.arange(150) % 62 + 0.5), {},
+     r"train_labels must be a 1-D array of integer class numbers, got \(150,\) float64"),
+    (dict(train_labels=np.zeros((150, 1), np.int32)), {},
+     r"train_labels must be a 1-D array of integer class numbers, got \(150, 1\) int32"),
+    (dict(test_labels=list(range(62))), {}, "test_labels must be a 1-D array of integer class numbers, got list"),
+    (dict(test_images=[[0] * 28] * 28), {}, r"test_images must be \(N, 28, 28\) uint8, got list"),
+    (dict(classes=()), {}, "dataset.classes is empty"),
+    ({}, dict(config={"epochs": 1}), "config must be a TrainConfig, got dict"),
+    ({}, dict(workdir=5), "workdir must be a folder path or None, got 5"),
+    ({}, dict(workdir=""), "workdir must be a folder path or None, got ''"),
+    ({}, dict(resume="yes"), "resume must be True or False, got 'yes'"),
+    ({}, dict(on_epoch=3), "on_epoch must be callable or None, got int"),
+    ({}, dict(devices=[]), "devices must be a non-empty list of JAX devices or None"),
 ], ids=["image-shape", "image-dtype", "label-range", "label-count", "test-label-range", "batch-too-big",
-        "resume-without-workdir"])
+        "resume-without-workdir", "fractional-labels", "2d-labels", "labels-not-an-array", "images-not-an-array",
+        "no-classes", "config-not-a-trainconfig", "workdir-not-a-path", "workdir-empty", "resume-not-a-bool",
+        "callback-not-callable", "devices-empty"])
 def test_bad_data_or_arguments_are_one_line_errors(small, tmp_path, change, kwargs, message):
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match=message) as error:
@@ -186,11 +237,16 @@ CHECKPOINT_CASES = [
      ()),
     ("disk-full-during-save", False, "full", {}, None, False, CheckpointError,
      "cannot write checkpoint 7 (No space left on device)", ("checkpoints",)),
+    ("another-run-training-there", True, "locked", {}, None, True, CheckpointError,
+     "another run (pid {pid}) is training in this workdir right now", ()),
+    ("numpy-scalars-in-config", False, None, dict(epochs=np.int64(2), seed=np.uint32(0), batch_size=np.int32(16),
+                                                  learning_rate=np.float64(1e-3)), None, False, OK, "",
+     ("checkpoints",)),
 ]
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
-def test_checkpoint_faults(case, made, datasets, reference, tmp_path, monkeypatch):
+def test_checkpoint_faults(case, made, datasets, reference, tmp_path, monkeypatch, request):
     name, from_made, fault, change, data, resume, expected, message, may_change = case
     workdir = user_workdir(tmp_path, made if from_made else None)
     target = workdir
@@ -200,6 +256,10 @@ def test_checkpoint_faults(case, made, datasets, reference, tmp_path, monkeypatc
         target = workdir / "notes.txt" / "sub"
     elif fault == "full":
         full_disk(monkeypatch, workdir)
+    elif fault == "locked":
+        holder = contextlib.ExitStack()
+        message = message.format(pid=holder.enter_context(another_run_in(workdir)))
+        request.addfinalizer(holder.close)
     elif fault is not None:
         fault(workdir)
     before = snapshot(workdir)
@@ -258,6 +318,7 @@ INTERRUPT_CASES = [
     ("two-sigints-during-a-save", True, None, "save", (2, 0, True, "SIGINT"), [7]),
     ("sigint-during-evaluation", True, None, "evaluation", (3, 0, True, "SIGINT"), [7, 14]),
     ("sigint-without-workdir", False, ((1, 4), send(signal.SIGINT)), None, (1, 4, False, "SIGINT"), None),
+    ("sighup-mid-epoch-1", True, ((1, 4), send(signal.SIGHUP)), None, (1, 4, True, "SIGHUP"), [4]),
 ]
 
 
@@ -349,6 +410,9 @@ CLI_CASES = [
      "seed is 0 there and 5 here"),
     ("used-workdir-without-resume", ["--workdir", "{work}"], {}, True, 2, "holds the checkpoints of an earlier run"),
     ("resume-a-finished-run", ["--workdir", "{work}", "--resume", "--epochs", "2"], {}, True, 0, ""),
+    ("another-run-training-there", ["--workdir", "{work}", "--resume"], {}, "locked", 2,
+     "error: {work}: another run (pid {pid}) is training in this workdir right now; wait for it to end or use "
+     "another workdir"),
     ("resume-past-a-corrupt-checkpoint", ["--workdir", "{work}", "--resume"], {}, "corrupt", 0,
      "/checkpoints/14/meta/metadata: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
      "resuming from checkpoint 7"),
@@ -356,11 +420,15 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, capsys):
+def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, capsys, request):
     name, extra, environment, from_made, code, message = case
     workdir = user_workdir(tmp_path, made if from_made else None)
     if from_made == "corrupt":
         corrupt_meta(workdir, 14)
+    if from_made == "locked":
+        holder = contextlib.ExitStack()
+        message = message.format(pid=holder.enter_context(another_run_in(workdir)), work=workdir)
+        request.addfinalizer(holder.close)
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(devices, "_try_platform", fail_platform)  # only --device reaches it
@@ -431,12 +499,12 @@ CHILD = """
 @pytest.fixture(scope="module", autouse=True)
 def signalled_child(small_file, tmp_path_factory):
     """The real process of the last test, started with the module so that it runs beside the
-    in-process cases (2 cores); the test waits for it. It gets SIGINT, SIGTERM and SIGKILL at three
-    seeded positions of a 3-epoch run, each phase resuming the one before."""
+    in-process cases (2 cores); the test waits for it. It gets SIGINT, SIGTERM, SIGHUP (a closed
+    terminal) and SIGKILL at four seeded positions of a 3-epoch run, each phase resuming the one before."""
     positions = [(e, s) for e in (1, 2, 3) for s in (2, 4, 6)] + [(2, 0), (3, 0)]
     rng = np.random.default_rng(2024)
-    chosen = sorted(positions[i] for i in rng.choice(len(positions), 3, replace=False))
-    points = [(e, s, name) for (e, s), name in zip(chosen, ("SIGINT", "SIGTERM", "SIGKILL"))]
+    chosen = sorted(positions[i] for i in rng.choice(len(positions), 4, replace=False))
+    points = [(e, s, name) for (e, s), name in zip(chosen, ("SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"))]
     folder = tmp_path_factory.mktemp("signalled")
     argv = ["--data", small_file, "--epochs", "3", *SMALL_CONFIG_ARGS, "--workdir", str(folder / "work")]
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), json.dumps(argv), json.dumps(points)],
@@ -447,14 +515,15 @@ def signalled_child(small_file, tmp_path_factory):
     child.communicate()
 
 
-def test_sigint_sigterm_and_sigkill_at_seeded_points_then_resume_bit_for_bit(signalled_child, small, reference):
+def test_sigint_sigterm_sighup_and_sigkill_at_seeded_points_then_resume_bit_for_bit(signalled_child, small,
+                                                                                    reference):
     """After the SIGKILL, resuming ends with the uninterrupted run's parameters, bit for bit."""
     child, points, workdir = signalled_child
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == -signal.SIGKILL, stderr[-3000:]
-    assert [line for line in stdout.splitlines() if line.startswith("exit")] == ["exit 130"] * 2, stdout
+    assert [line for line in stdout.splitlines() if line.startswith("exit")] == ["exit 130"] * 3, stdout
     lines = stderr.strip().splitlines()
-    assert [line.split(";")[0] for line in lines] == [f"interrupted at epoch {e}, step {s}" for e, s, _ in points[:2]]
+    assert [line.split(";")[0] for line in lines] == [f"interrupted at epoch {e}, step {s}" for e, s, _ in points[:3]]
     assert all("resume with: python -m emnist_jax.cnn" in line for line in lines)
     assert leftovers(workdir) == []
     resumed = train_and_evaluate(small, CFG3, workdir=str(workdir), resume=True, progress=False)

@@ -4,10 +4,12 @@ Prints one line per epoch (loss, accuracy, seconds, images/s), then the hold-out
 official-test accuracy. Options left out keep the study's recipe (emnist_jax.cnn.config);
 convolution form, steps per call and loop are chosen per backend unless given.
 
-With --workdir a checkpoint is written after every epoch and when Ctrl-C or SIGTERM stops the
-run; --resume continues from it to the same final parameters as an uninterrupted run, and refuses
-a checkpoint of another run (other seed, batch size, protocol, data, ...). Several processes form
-one data-parallel run when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set.
+With --workdir a checkpoint is written after every epoch and when Ctrl-C, SIGTERM or SIGHUP (a
+closed terminal) stops the run; --resume continues from it to the same final parameters as an
+uninterrupted run, and refuses a checkpoint of another run (other seed, batch size, protocol,
+data, ...). One run at a time trains in a workdir: a second one is refused while the first runs.
+Several processes form one data-parallel run when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID are set (EMNIST_JAX_COORDINATOR_TIMEOUT: seconds to wait for them, default 300).
 
 exit codes: 0 ok, 2 bad input, data, device or workdir (one line on stderr), 130 interrupted.
 """
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, metavar=metavar,
                             choices=CHOICES.get(field), help=f"{text} (default: {shown})")
     parser.add_argument("--workdir", default=None, metavar="DIR",
-                        help="folder for checkpoints (DIR/checkpoints): after every epoch and on Ctrl-C/SIGTERM")
+                        help="folder for checkpoints (DIR/checkpoints): after every epoch and on Ctrl-C/SIGTERM/SIGHUP")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest intact checkpoint in --workdir (a fresh start if it has none)")
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=None,
@@ -80,7 +82,11 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:
+#: Signals that stop a run like Ctrl-C: SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stop_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
@@ -110,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)
     except ConfigError as error:
         return _fail(f"--{error.field.replace('_', '-')} {error.problem}")
-    if threading.current_thread() is threading.main_thread():
-        previous_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stops = [signum for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread()]
+    previous = {signum: signal.signal(signum, _stop_as_interrupt) for signum in stops}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
@@ -123,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous_term)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
