@@ -14,7 +14,9 @@ import dataclasses
 import errno
 import functools
 import json
+import logging
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -413,6 +415,8 @@ CLI_CASES = [
     ("another-run-training-there", ["--workdir", "{work}", "--resume"], {}, "locked", 2,
      "error: {work}: another run (pid {pid}) is training in this workdir right now; wait for it to end or use "
      "another workdir"),
+    ("disk-full-during-a-real-save", ["--workdir", "{work}"], {}, "full", 2,
+     "error: {work}/checkpoints: cannot write checkpoint 7 (OUT_OF_RANGE: Error "),
     ("resume-past-a-corrupt-checkpoint", ["--workdir", "{work}", "--resume"], {}, "corrupt", 0,
      "/checkpoints/14/meta/metadata: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
      "resuming from checkpoint 7"),
@@ -420,9 +424,22 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, capsys, request):
+def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, capsys, caplog, request):
     name, extra, environment, from_made, code, message = case
-    workdir = user_workdir(tmp_path, made if from_made else None)
+    workdir = user_workdir(tmp_path, made if from_made is True or from_made in ("corrupt", "locked") else None)
+    if from_made == "full":
+        message = message.format(work=workdir)
+        real_save = Checkpoints.save
+
+        def save(self, *args, **kwargs):  # files stop growing past 20 kB: orbax's own writes fail (EFBIG)
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, limit[1]))
+            try:
+                return real_save(self, *args, **kwargs)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+
+        monkeypatch.setattr(Checkpoints, "save", save)
     if from_made == "corrupt":
         corrupt_meta(workdir, 14)
     if from_made == "locked":
@@ -437,7 +454,8 @@ def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, ca
                                                                           for a in extra]
     assert main(argv) == code
     out, err = capsys.readouterr()
-    assert "Traceback" not in err
+    assert "Traceback" not in err and [r.getMessage() for r in caplog.records if r.name.startswith(("absl", "orbax"))
+                                       and r.levelno >= logging.WARNING] == []
     if code == 2:
         assert err.strip().splitlines()[-1].startswith(("error:", "python -m emnist_jax.cnn: error:"))
         assert message in err, err
@@ -449,7 +467,10 @@ def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, ca
         assert [line.startswith("warning: ") and message in line for line in err.splitlines()] == \
             ([True] if message else []), err
     changes = unchanged_except(before, snapshot(workdir))
-    assert [p for p in changes if not (from_made == "corrupt" and "checkpoints/14" in p)] == []
+    assert [p for p in changes if not (from_made == "corrupt" and "checkpoints/14" in p)
+            and not (from_made == "full" and p.startswith("new: checkpoints"))] == []
+    if from_made == "full":
+        assert leftovers(workdir) == []
 
 
 def test_cli_interrupt_prints_one_line_exits_130_and_its_resume_command_finishes_the_run(

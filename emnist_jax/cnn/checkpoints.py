@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -221,24 +224,49 @@ class _Held(logging.Handler):
 
 @contextlib.contextmanager
 def quiet_orbax():
-    """Hold orbax's (and absl's) log records for the block: dropped when the block raises (the
-    caller turns the failure into its one line; orbax's tracebacks would bury it), passed on as
-    usual when it ends normally."""
+    """Hold what orbax says during the block (its and absl's log records, and the tracebacks that
+    tensorstore's callbacks print to stderr): dropped when the block raises, since the caller turns
+    the failure into its own line and orbax's hundred lines of tracebacks would bury it; passed on
+    as usual when the block ends normally."""
     held = _Held()
     loggers = [logging.getLogger(name) for name in _ORBAX_LOGGERS]
     saved = [(logger.propagate, logger.handlers[:]) for logger in loggers]
     for logger in loggers:
         logger.handlers, logger.propagate = [held], False
+    stderr, sys.stderr = sys.stderr, io.StringIO()
     try:
         yield
     except BaseException:
         held.records.clear()
+        sys.stderr.truncate(0)
+        _ignore_writes_to_a_closed_loop()
         raise
     finally:
+        said, sys.stderr = sys.stderr.getvalue(), stderr
         for logger, (propagate, handlers) in zip(loggers, saved):
             logger.handlers, logger.propagate = handlers, propagate
         for record in held.records:
             logging.getLogger(record.name).handle(record)
+        if said:
+            stderr.write(said)
+
+
+def _ignore_writes_to_a_closed_loop() -> None:
+    """After a failed save, tensorstore's writes still in flight finish into the event loop that
+    orbax closed on the failure, and each reports RuntimeError('Event loop is closed') through
+    ``sys.unraisablehook``, as a bare traceback, up to a second later; only those are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(report) -> None:
+        frames = traceback.extract_tb(report.exc_traceback) if report.exc_traceback else []
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"
+                and frames and frames[0].name == "call_soon_threadsafe"):
+            previous(report)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
 
 
 _ORBAX_LOGGERS = ("absl", "orbax", "orbax.checkpoint")
