@@ -244,20 +244,27 @@ def _eval_batch(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Arr
 eval_batch = jax.jit(_eval_batch, static_argnames=("apply_fn", "mesh"))
 
 
+def eval_batch_for(batch_size: int, n: int) -> int:
+    """``batch_size``, but no larger than the power of two at or above ``n``: a batch beyond the
+    images evaluated would only be padding (one of 10^8 images asked for 73 GiB), and powers of
+    two keep the sets of one run (hold-out, test) on one compiled shape."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
 def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
              batch_size: int = 1024, mesh: Mesh | None = None,
              on_batch: Callable[[], None] | None = None, rows: np.ndarray | None = None) -> Evaluation:
     """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
 
     ``rows``, when given, picks the images and labels evaluated (a batch at a time: no copy of the
-    set). ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    set). Batches larger than the set are cut down (:func:`eval_batch_for`): the same result. ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
     """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
-    batch_size = -(-batch_size // mesh.size) * mesh.size
     if rows is not None:
         labels = labels[rows]
     n = len(labels)
+    batch_size = -(-eval_batch_for(batch_size, n) // mesh.size) * mesh.size
     padded = -(-n // batch_size) * batch_size
     mask = (np.arange(padded) < n).astype(np.float32)
     losses, predictions = [], []
