@@ -407,6 +407,15 @@ CLI_CASES = [
      "JAX_NUM_PROCESSES and JAX_PROCESS_ID are not"),
     ("process-id-out-of-range", [], {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2",
                                      "JAX_PROCESS_ID": "2"}, False, 2, "JAX_PROCESS_ID must lie in 0..JAX_NUM"),
+    ("coordinator-not-host-port", [], {"JAX_COORDINATOR_ADDRESS": "my laptop", "JAX_NUM_PROCESSES": "2",
+                                       "JAX_PROCESS_ID": "1"}, False, 2,
+     "error: JAX_COORDINATOR_ADDRESS='my laptop' must be host:port (a port in 1..65535), e.g. 10.0.0.1:1234"),
+    ("processes-without-coordinator", [], {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, False, 2,
+     "error: JAX_NUM_PROCESSES and JAX_PROCESS_ID are set but JAX_COORDINATOR_ADDRESS is not"),
+    ("coordinator-timeout-not-a-number", [], {"EMNIST_JAX_COORDINATOR_TIMEOUT": "soon"}, False, 2,
+     "error: EMNIST_JAX_COORDINATOR_TIMEOUT='soon' must be a whole number of seconds in 1..86400"),
+    ("jax-platforms-unknown", [], {"JAX_PLATFORMS": "tpuu"}, False, 2,
+     "error: JAX_PLATFORMS='tpuu': Unable to initialize backend 'tpuu': not in the list of known backends"),
     ("workdir-is-a-file", ["--workdir", "{work}/notes.txt"], {}, False, 2, "cannot write checkpoints there"),
     ("resume-another-seed", ["--workdir", "{work}", "--resume", "--seed", "5"], {}, True, 2,
      "seed is 0 there and 5 here"),
@@ -449,7 +458,7 @@ def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, ca
         request.addfinalizer(holder.close)
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(devices, "_try_platform", fail_platform)  # only --device reaches it
+    monkeypatch.setattr(devices, "_try_platform", fail_platform)  # only --device and JAX_PLATFORMS reach it
     before = snapshot(workdir)
     argv = ["--data", small_file, "--epochs", "2", *SMALL_CONFIG_ARGS] + [a.replace("{work}", str(workdir))
                                                                           for a in extra]

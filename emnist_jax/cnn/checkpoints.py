@@ -27,7 +27,7 @@ import tempfile
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -224,25 +224,26 @@ class _Held(logging.Handler):
 
 @contextlib.contextmanager
 def quiet_orbax():
-    """Hold what orbax says during the block (its and absl's log records, and the tracebacks that
-    tensorstore's callbacks print to stderr): dropped when the block raises, since the caller turns
-    the failure into its own line and orbax's hundred lines of tracebacks would bury it; passed on
-    as usual when the block ends normally."""
+    """Hold what orbax says during the block (its and absl's log records, what it prints on stderr):
+    dropped when the block raises, since the caller turns the failure into its own line and orbax's
+    hundred lines of tracebacks would bury it; passed on as usual when the block ends normally."""
     held = _Held()
     loggers = [logging.getLogger(name) for name in _ORBAX_LOGGERS]
     saved = [(logger.propagate, logger.handlers[:]) for logger in loggers]
     for logger in loggers:
         logger.handlers, logger.propagate = [held], False
     stderr, sys.stderr = sys.stderr, io.StringIO()
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _without_closed_loop_reports(unraisable)
     try:
         yield
     except BaseException:
         held.records.clear()
         sys.stderr.truncate(0)
-        _ignore_writes_to_a_closed_loop()
+        unraisable = sys.unraisablehook  # kept: the late reports of the writes still in flight
         raise
     finally:
-        said, sys.stderr = sys.stderr.getvalue(), stderr
+        said, sys.stderr, sys.unraisablehook = sys.stderr.getvalue(), stderr, unraisable
         for logger, (propagate, handlers) in zip(loggers, saved):
             logger.handlers, logger.propagate = handlers, propagate
         for record in held.records:
@@ -251,13 +252,12 @@ def quiet_orbax():
             stderr.write(said)
 
 
-def _ignore_writes_to_a_closed_loop() -> None:
-    """After a failed save, tensorstore's writes still in flight finish into the event loop that
-    orbax closed on the failure, and each reports RuntimeError('Event loop is closed') through
-    ``sys.unraisablehook``, as a bare traceback, up to a second later; only those are dropped."""
-    previous = sys.unraisablehook
+def _without_closed_loop_reports(previous: Callable) -> Callable:
+    """``sys.unraisablehook`` less the reports of a failed save: tensorstore's writes still in flight
+    finish into the event loop that orbax closed on the failure, and each reports RuntimeError('Event
+    loop is closed') as a bare traceback, up to a second later. Every other report goes on."""
     if getattr(previous, "drops_closed_loop_reports", False):
-        return
+        return previous
 
     def hook(report) -> None:
         frames = traceback.extract_tb(report.exc_traceback) if report.exc_traceback else []
@@ -266,7 +266,7 @@ def _ignore_writes_to_a_closed_loop() -> None:
             previous(report)
 
     hook.drops_closed_loop_reports = True
-    sys.unraisablehook = hook
+    return hook
 
 
 _ORBAX_LOGGERS = ("absl", "orbax", "orbax.checkpoint")
