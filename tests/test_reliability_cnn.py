@@ -509,6 +509,73 @@ def test_cli_interrupt_prints_one_line_exits_130_and_its_resume_command_finishes
     assert leftovers(workdir) == []
 
 
+# ---- memory limits ----------------------------------------------------------------------------------
+
+KIB, GIB = 1024, 2**30
+MEMORY_CASES = [
+    # id, soft limits in bytes (None: unlimited), cores, data bytes, the refusal (None: the run may go on)
+    ("ulimit-v-1.5-GB-on-2-cores", {"RLIMIT_AS": 1_500_000 * KIB, "RLIMIT_DATA": None}, 2, 0,
+     "the memory limit RLIMIT_AS (ulimit -v) allows 1.43 GiB, and this run needs about 1.74 GiB (JAX's CPU runtime "
+     "on 2 core(s), and 0.00 GiB of data); raise it (ulimit -v 1827000 or more) or run on fewer cores (taskset)"),
+    ("ulimit-v-1.7-GB-on-2-cores", {"RLIMIT_AS": 1_700_000 * KIB, "RLIMIT_DATA": None}, 2, 0,
+     "RLIMIT_AS (ulimit -v) allows 1.62 GiB, and this run needs about 1.74 GiB"),
+    ("ulimit-v-1.9-GB-on-2-cores", {"RLIMIT_AS": 1_900_000 * KIB, "RLIMIT_DATA": None}, 2, 0, None),
+    ("ulimit-v-1.9-GB-on-1-core", {"RLIMIT_AS": 1_900_000 * KIB, "RLIMIT_DATA": None}, 1, 0, None),
+    ("ulimit-v-1.9-GB-and-2-GiB-of-data", {"RLIMIT_AS": 1_900_000 * KIB, "RLIMIT_DATA": None}, 2, 2 * GIB,
+     "needs about 3.74 GiB (JAX's CPU runtime on 2 core(s), and 2.00 GiB of data)"),
+    ("ulimit-d-500-MB-on-2-cores", {"RLIMIT_AS": None, "RLIMIT_DATA": 500_000 * KIB}, 2, 0,
+     "the memory limit RLIMIT_DATA (ulimit -d) allows 0.48 GiB, and this run needs about 0.55 GiB"),
+    ("unlimited", {"RLIMIT_AS": None, "RLIMIT_DATA": None}, 64, 10 * GIB, None),
+]
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES, ids=[c[0] for c in MEMORY_CASES])
+def test_a_memory_limit_below_what_the_run_needs_is_refused_up_front(case):
+    from emnist_jax.cnn.__main__ import memory_problem
+
+    name, limits, cores, data_bytes, refusal = case
+    problem = memory_problem(limits, cores, data_bytes)
+    if refusal is None:
+        assert problem is None
+    else:
+        assert problem.startswith("the memory limit ") and refusal in problem and "\n" not in problem, problem
+
+
+REAL_LIMITS = [
+    # id, ulimit option, soft limit (KiB), the start of the line on stderr
+    ("ulimit-v-1500000", "-v", 1_500_000, "error: the memory limit RLIMIT_AS (ulimit -v) allows 1.43 GiB"),
+    ("ulimit-d-400000", "-d", 400_000, "error: the memory limit RLIMIT_DATA (ulimit -d) allows 0.38 GiB"),
+]
+
+
+@pytest.mark.parametrize("case", REAL_LIMITS, ids=[c[0] for c in REAL_LIMITS])
+def test_cli_under_a_real_memory_limit_exits_2_with_one_line_before_jax_starts(case, small_file, tmp_path):
+    """Under ``ulimit -v 1500000`` JAX's runtime died of std::bad_alloc (SIGABRT); under ``ulimit -d``
+    it could hang. The check runs before JAX is imported."""
+    name, option, kib, line = case
+    workdir = user_workdir(tmp_path, None)
+    before = snapshot(workdir)
+    done = subprocess.run(["/bin/sh", "-c", f'ulimit -S {option} {kib} && exec "$0" "$@"', sys.executable, "-m",
+                           "emnist_jax.cnn", "--data", small_file, "--epochs", "1", *SMALL_CONFIG_ARGS,
+                           "--workdir", str(workdir)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(line), done.stderr[-2000:]
+    assert unchanged_except(before, snapshot(workdir)) == []
+
+
+def test_cli_out_of_memory_during_the_run_is_one_line(small_file, monkeypatch, capsys):
+    import jax
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4398046511104 bytes.\nmore")
+
+    monkeypatch.setattr(train_module, "train_and_evaluate", exhausted)
+    assert main(["--data", small_file, "--epochs", "1", *SMALL_CONFIG_ARGS]) == 2
+    assert capsys.readouterr().err == (
+        "error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 4398046511104 bytes.); raise the memory "
+        "limit, or use a smaller --batch-size or --eval-batch-size\n")
+
+
 # ---- real signals in a real process ----------------------------------------------------------------
 
 CHILD = """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import signal
 import sys
@@ -75,6 +76,45 @@ def config_from(args: argparse.Namespace, base: TrainConfig = TrainConfig()) -> 
     """``base`` with the fields the command line set; raises ConfigError."""
     return dataclasses.replace(base, **{f: getattr(args, f) for f, *_ in CONFIG_OPTIONS
                                         if getattr(args, f) is not None})
+
+
+#: What a run needs before its data, in KiB as ``ulimit`` counts them: (the ulimit option, base, per
+#: CPU core the process may run on). The smallest limits at which a 1-epoch run on 150 images worked
+#: on the 2-core development machine: ``ulimit -v`` 1,450,000 on one core (``taskset -c 0``; 1,400,000
+#: failed) and 1,740,000 on two (1,725,000 aborted); ``ulimit -d`` 460,000 and 550,000 (420,000 and
+#: 520,000 failed). Below them JAX's CPU runtime aborts (std::bad_alloc, "LLVM ERROR: pthread_create
+#: failed") or hangs. Only one and two cores were measured; the per-core part is extrapolated above.
+MEMORY_NEEDS = {"RLIMIT_AS": ("ulimit -v", 1_160_000, 290_000), "RLIMIT_DATA": ("ulimit -d", 370_000, 90_000)}
+#: The boundary moved from run to run by about a percent: a run is asked for a little more.
+MEMORY_MARGIN = 1.05
+
+
+def memory_problem(limits: dict[str, int | None], cores: int, data_bytes: int = 0) -> str | None:
+    """The one line refusing a run whose soft memory ``limits`` (bytes; None: unlimited), by
+    resource name, are below what it needs on ``cores`` cores with ``data_bytes`` of data; else None."""
+    for name, limit in limits.items():
+        option, base, per_core = MEMORY_NEEDS[name]
+        need = int((base + per_core * cores) * 1024 * MEMORY_MARGIN) + data_bytes
+        if limit is not None and limit < need:
+            return (f"the memory limit {name} ({option}) allows {limit / 2**30:.2f} GiB, and this run needs about "
+                    f"{need / 2**30:.2f} GiB (JAX's CPU runtime on {cores} core(s), and "
+                    f"{data_bytes / 2**30:.2f} GiB of data); raise it ({option} {-(-need // 1024)} or more) "
+                    "or run on fewer cores (taskset)")
+    return None
+
+
+def memory_shortfall(data_bytes: int = 0) -> str | None:
+    """:func:`memory_problem` for this process's limits and cores (Unix; elsewhere None)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    limits = {}
+    for name in MEMORY_NEEDS:
+        soft = resource.getrlimit(getattr(resource, name))[0]
+        limits[name] = None if soft == resource.RLIM_INFINITY else soft
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return memory_problem(limits, cores, data_bytes)
 
 
 def _fail(message: str) -> int:
@@ -136,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
     from emnist_jax import devices
 
+    shortfall = memory_shortfall()  # before JAX starts: below it, JAX's runtime aborts or hangs
+    if shortfall:
+        return _fail(shortfall)
     try:  # before anything touches a JAX backend
         devices.setup(args.device)
     except devices.DeviceError as error:
@@ -148,14 +191,23 @@ def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
     from emnist_jax.data import EmnistDataError, load
 
     tune_malloc()
-    main_process = jax.process_index() == 0
     try:
         dataset = load(args.data, args.split)
+        shortfall = memory_shortfall(data_bytes=sum(getattr(dataset, f"{part}_{kind}").nbytes
+                                                    for part in ("train", "test") for kind in ("images", "labels")))
+        if shortfall:
+            return _fail(shortfall)
+        main_process = jax.process_index() == 0
         result = train_and_evaluate(dataset, config, workdir=args.workdir, resume=args.resume,
                                     progress=not args.no_progress and main_process,
                                     on_epoch=lambda e: main_process and print(e, flush=True))
     except (EmnistDataError, ValueError) as error:  # ConfigError and CheckpointError are ValueErrors
         return _fail(str(error))
+    except (MemoryError, jax.errors.JaxRuntimeError) as error:
+        if not isinstance(error, MemoryError) and "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        return _fail(f"out of memory ({str(error).strip().splitlines()[0] if str(error).strip() else 'MemoryError'}); "
+                     "raise the memory limit, or use a smaller --batch-size or --eval-batch-size")
     if not main_process:
         return 0
     c = result.config
