@@ -20,6 +20,7 @@ import resource
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -34,7 +35,7 @@ from emnist_jax.cnn import (CheckpointError, CheckpointWarning, ConfigError, Tra
                             train_and_evaluate)
 from emnist_jax.cnn.__main__ import main
 from emnist_jax.cnn.checkpoints import Checkpoints
-from fault_cases import snapshot, unchanged_except
+from fault_cases import as_neighbour, shared_folder, snapshot, unchanged_except
 from test_cnn import CFG, SMALL_CONFIG_ARGS, flat, small, small_file, write_small  # noqa: F401  (fixtures)
 
 CFG3 = dataclasses.replace(CFG, epochs=3)
@@ -282,6 +283,54 @@ def test_checkpoint_faults(case, made, datasets, reference, tmp_path, monkeypatc
     after = snapshot(workdir)
     problems = [p for p in unchanged_except(before, after) if not p.split(": ", 1)[1].startswith(may_change)]
     assert problems == [] and leftovers(workdir) == [] and after["notes.txt"] == before["notes.txt"]
+
+
+WORKDIR_ATTACKS = [
+    # id, what the neighbour (uid 65534) does in the shared folder $1 first, what the user did, the
+    # error: the workdir asked for is always $1/work
+    ("neighbour-made-the-workdir", 'mkdir -m 777 "$1/work" "$1/work/checkpoints"', None,
+     "/work: is owned by another user (uid 65534); not trusted; checkpoints are neither read nor written there"),
+    ("neighbour-linked-the-workdir-to-theirs", 'mkdir -m 700 "$1/theirs" && ln -s "$1/theirs" "$1/work"', None,
+     "/work: is owned by another user (uid 65534); not trusted"),
+    ("workdir-writable-by-others", None, "chmod 777", "/work: is writable by others (mode 0777); not trusted"),
+    ("checkpoints-folder-is-a-link", None, "link", "/work/checkpoints: is a symbolic link; not followed"),
+]
+
+
+@pytest.mark.parametrize("case", WORKDIR_ATTACKS, ids=[c[0] for c in WORKDIR_ATTACKS])
+def test_a_workdir_another_user_could_write_is_refused(case, small, tmp_path):
+    """Nothing is written into a folder a neighbour owns or could swap: orbax would follow their links."""
+    name, neighbour, own, message = case
+    shared = shared_folder(tmp_path / "shared")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("the user's own file")
+    if neighbour:
+        as_neighbour(neighbour, str(shared))
+    if own == "chmod 777":
+        (shared / "work").mkdir()
+        os.chmod(shared / "work", 0o777)
+    elif own == "link":
+        (shared / "work").mkdir(mode=0o700)
+        (shared / "work" / "checkpoints").symlink_to(elsewhere)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError) as error:
+        train_and_evaluate(small, CFG, workdir=str(shared / "work"), progress=False)
+    assert str(error.value).startswith(str(shared)) and message in str(error.value), str(error.value)
+    assert "\n" not in str(error.value) and unchanged_except(before, snapshot(tmp_path)) == []
+
+
+def test_folders_made_for_checkpoints_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        checkpoints = Checkpoints(tmp_path / "new" / "work", {"seed": 0}, {})
+        checkpoints.close()
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in (tmp_path / "new", tmp_path / "new" / "work",
+                                                                 tmp_path / "new" / "work" / "checkpoints")}
+    assert modes == {"new": 0o700, "work": 0o700, "checkpoints": 0o700}
+    assert stat.S_IMODE((tmp_path / "new" / "work" / "checkpoints" / ".lock").stat().st_mode) == 0o600
 
 
 def test_other_execution_choices_resume_with_a_warning(tmp_path):

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from emnist_jax.cnn.config import RUN_FIELDS, TrainConfig
-from emnist_jax.private import UntrustedPath, open_lock, private_folder
+from emnist_jax.private import UntrustedPath, open_lock, private_folder, untrusted_reason
 
 FORMAT = 1
 
@@ -99,7 +99,8 @@ def _lock_workdir(path: Path, workdir: str | os.PathLike):
 class Checkpoints:
     """The checkpoints of one run in ``workdir/checkpoints``, held by this process alone while open:
     a second run into the same workdir is refused (a lock file per process of a multi-process run,
-    ``process``)."""
+    ``process``). Folders made here are private (0700); a workdir or checkpoints folder of another
+    user, or writable by group or others, is refused, and a checkpoints folder that is a link too."""
 
     def __init__(self, workdir: str | os.PathLike, identity: dict, execution: dict, keep: int = 2,
                  process: int = 0):
@@ -109,6 +110,10 @@ class Checkpoints:
         self.identity, self.execution = identity, execution
         self._unreadable: set[int] = set()
         try:
+            if os.path.isdir(workdir):  # the user's own folder, maybe through a link: its target is checked
+                reason = untrusted_reason(os.stat(workdir))
+                if reason:
+                    raise UntrustedPath(workdir, reason)
             self.folder = private_folder(Path(workdir) / "checkpoints")
             with tempfile.TemporaryFile(dir=self.folder):  # fails now, not at the first save
                 pass
