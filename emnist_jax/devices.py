@@ -131,7 +131,8 @@ def distributed_settings(environ: dict | None = None) -> tuple[str, int, int] | 
 def wait_for_coordinator(run: Distributed, clock: Callable[[], float] = time.monotonic) -> float:
     """Wait until the coordinator's port accepts a connection, for at most ``run.timeout`` seconds;
     returns the seconds left. JAX's own wait ends in an abort of the whole process (SIGABRT and a
-    C++ stack) when no coordinator answers, so the processes other than 0 knock first."""
+    C++ stack) when no coordinator answers, so the processes other than 0 knock first (process 0
+    counts the knocks, :func:`gather_processes`)."""
     deadline = clock() + run.timeout
     host, port = run.host_port
     reason = "no answer"
@@ -146,6 +147,44 @@ def wait_for_coordinator(run: Distributed, clock: Callable[[], float] = time.mon
         except OSError as error:
             reason = error.strerror or str(error) or type(error).__name__
         time.sleep(min(0.25, max(deadline - clock(), 0)))
+
+
+def gather_processes(run: Distributed, clock: Callable[[], float] = time.monotonic) -> float:
+    """Process 0: hold the coordinator's port until each other process has knocked once (see
+    :func:`wait_for_coordinator`), for at most ``run.timeout`` seconds; returns the seconds left.
+    JAX's own coordinator aborts the whole process when a process never joins; after this wait it
+    only starts when all have come. The port is released for JAX's coordinator just before it binds."""
+    deadline = clock() + run.timeout
+    port = run.host_port[1]
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as error:
+        raise DeviceError(f"cannot listen at JAX_COORDINATOR_ADDRESS={run.coordinator} as process 0 "
+                          f"({error.strerror or error})") from None
+    knocked = 0
+    with server:
+        while knocked < run.count - 1:
+            left = deadline - clock()
+            if left <= 0:
+                raise DeviceError(f"only {knocked} of the other {run.count - 1} process(es) reached the coordinator at "
+                                  f"{run.coordinator} within {run.timeout} s; start them with the same "
+                                  f"JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, or raise {TIMEOUT_VARIABLE}")
+            server.settimeout(min(left, 1.0))
+            try:
+                connection, _ = server.accept()
+            except (socket.timeout, InterruptedError):
+                continue
+            with connection:  # the knocking process hangs up first: no TIME_WAIT left on this port
+                connection.settimeout(2.0)
+                try:
+                    connection.recv(1)
+                except OSError:
+                    pass
+            knocked += 1
+    return deadline - clock()
 
 
 def initialize_distributed(environ: dict | None = None, say: Callable[[str], None] | None = None) -> bool:
@@ -167,7 +206,7 @@ def initialize_distributed(environ: dict | None = None, say: Callable[[str], Non
     if run.index == 0:
         say(f"waiting up to {run.timeout} s for the other {run.count - 1} process(es) to join at {run.coordinator} "
             f"(process 0 of {run.count})")
-        left = float(run.timeout)
+        left = gather_processes(run)
     else:
         say(f"waiting up to {run.timeout} s for the coordinator at {run.coordinator} "
             f"(process {run.index} of {run.count})")

@@ -63,6 +63,11 @@ def test_two_processes_reach_the_one_process_parameters(small_file, small, tmp_p
 
 ALONE_CASES = [
     # id, environment, stderr lines (exactly)
+    ("process-0-without-the-others", {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0",
+                                      "EMNIST_JAX_COORDINATOR_TIMEOUT": "1"},
+     ["waiting up to 1 s for the other 1 process(es) to join at {address} (process 0 of 2)",
+      "error: only 0 of the other 1 process(es) reached the coordinator at {address} within 1 s; start them with the "
+      "same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, or raise EMNIST_JAX_COORDINATOR_TIMEOUT"]),
     ("process-1-without-its-coordinator", {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
                                            "EMNIST_JAX_COORDINATOR_TIMEOUT": "1"},
      ["waiting up to 1 s for the coordinator at {address} (process 1 of 2)",

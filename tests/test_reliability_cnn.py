@@ -449,6 +449,8 @@ CLI_CASES = [
     ("epochs-not-a-number", ["--epochs", "ten"], {}, False, 2, "invalid int value: 'ten'"),
     ("protocol-unknown", ["--protocol", "kfold"], {}, False, 2, "invalid choice: 'kfold'"),
     ("resume-without-workdir", ["--resume"], {}, False, 2, "--resume needs --workdir"),
+    ("workdir-empty", ["--workdir", "", "--resume"], {}, False, 2,
+     "error: --workdir '' names no folder; give a folder, or leave --workdir out"),
     ("data-missing", ["--data", "nowhere.mat"], {}, False, 2, "nowhere.mat: file not found"),
     ("batch-larger-than-data", ["--batch-size", "4096"], {}, False, 2, "batch_size 4096 is larger than the 100"),
     ("device-gpu-absent", ["--device", "gpu"], {}, False, 2, "--device gpu: no gpu is available to JAX here"),

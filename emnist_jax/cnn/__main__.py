@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help (0) or argparse's own usage error (2)
         return int(done.code or 0)
+    if args.workdir == "":
+        return _fail("--workdir '' names no folder; give a folder, or leave --workdir out")
     if args.resume and not args.workdir:
         return _fail("--resume needs --workdir (the folder holding the checkpoints)")
     try:
@@ -165,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         from emnist_jax.cnn.interrupts import TrainingInterrupted
 
-        print(interrupted_line(stop if isinstance(stop, TrainingInterrupted) else None, argv, args.workdir),
-              file=sys.stderr)
+        try:
+            print(interrupted_line(stop if isinstance(stop, TrainingInterrupted) else None, argv, args.workdir),
+                  file=sys.stderr)
+        except OSError:  # after SIGHUP the terminal may be gone: the checkpoint is what matters
+            pass
         return 130
     finally:
         for signum, handler in previous.items():
