@@ -4,6 +4,11 @@ Both must happen before the first JAX computation: once a backend is initialised
 new platform choice and ``jax.distributed.initialize`` refuses to run. So the command lines call
 :func:`use_platform` and :func:`initialize_distributed` first, and nothing here calls
 ``jax.devices()`` or ``jax.process_count()`` before initialising.
+
+Every environment variable read here is checked first (an empty value is unset), and a bad one is
+a one-line :class:`DeviceError` naming it. JAX's own wait for the processes of a run ends in an
+abort of the whole process (SIGABRT, a C++ stack) after 300 s; here the processes meet on the
+coordinator's port first, for EMNIST_JAX_COORDINATOR_TIMEOUT seconds, saying what they wait for.
 """
 
 from __future__ import annotations

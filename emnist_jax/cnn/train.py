@@ -9,9 +9,9 @@ the same code). The last partial batch
 is masked rather than reshaped, so it never recompiles. The model and optimizer objects are made
 once per setting, so a second run with the same settings reuses the compiled programs.
 
-With a workdir, a checkpoint is written after every epoch and when SIGINT/SIGTERM/SIGHUP stops the run
-(:mod:`emnist_jax.cnn.checkpoints`, :mod:`emnist_jax.cnn.interrupts`); ``resume`` continues from
-it to the same final parameters, bit for bit.
+With a workdir, a checkpoint is written after every epoch and when SIGINT/SIGTERM/SIGHUP stops the
+run (:mod:`emnist_jax.cnn.checkpoints`, :mod:`emnist_jax.cnn.interrupts`); ``resume`` continues
+from it to the same final parameters, bit for bit. One run at a time holds a workdir.
 """
 
 from __future__ import annotations
@@ -257,7 +257,8 @@ def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes:
     """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
 
     ``rows``, when given, picks the images and labels evaluated (a batch at a time: no copy of the
-    set). Batches larger than the set are cut down (:func:`eval_batch_for`): the same result. ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    set). Batches larger than the set are cut down (:func:`eval_batch_for`): the same result.
+    ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
     """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
@@ -354,7 +355,7 @@ def _check_arguments(config: Any, workdir: Any, resume: Any, progress: Any, devi
     """train_and_evaluate's other arguments, each checked before any work (a one-line ValueError)."""
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if workdir is not None and not isinstance(workdir, (str, os.PathLike)) or workdir == "":
+    if workdir is not None and (not isinstance(workdir, (str, os.PathLike)) or workdir == ""):
         raise ValueError(f"workdir must be a folder path or None, got {workdir!r}")
     for name, value in (("resume", resume), ("progress", progress)):
         if not isinstance(value, (bool, np.bool_)):
