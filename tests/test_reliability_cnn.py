@@ -185,6 +185,12 @@ def corrupt_arrays(workdir: Path, step: int) -> None:
             path.write_bytes(b"\0" * 7)
 
 
+def truncate_manifest(workdir: Path, step: int) -> None:
+    """Half of orbax's OCDBT manifest: tensorstore then fails with a dozen tracebacks of its own."""
+    for path in (workdir / "checkpoints" / str(step) / "state").rglob("manifest.ocdbt"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def old_format(workdir: Path, step: int) -> None:
     path = workdir / "checkpoints" / str(step) / "meta" / "metadata"
     meta = json.loads(path.read_text())
@@ -436,8 +442,9 @@ def fail_platform(platform: str) -> None:
 
 
 CLI_CASES = [
-    # id, arguments after --data SMALL, environment, workdir from `made`? ("corrupt": with its newest
-    # checkpoint's metadata garbled), exit code, stderr fragment
+    # id, arguments after --data SMALL, environment, workdir from `made`? (True; "corrupt" or "truncated":
+    # with its newest checkpoint damaged, see DAMAGE; "locked": held by another process; "full": empty,
+    # and orbax's writes fail for want of space), exit code, stderr fragment
     ("seed-negative", ["--seed", "-1"], {}, False, 2, "--seed must be in 0..4294967295, got -1"),
     ("seed-too-big", ["--seed", "4294967296"], {}, False, 2, "--seed must be in 0..4294967295"),
     ("epochs-zero", ["--epochs", "0"], {}, False, 2, "--epochs must be >= 1, got 0"),
@@ -478,16 +485,21 @@ CLI_CASES = [
     ("eval-batch-of-10^8-images", ["--eval-batch-size", "100000000"], {}, False, 0, ""),
     ("disk-full-during-a-real-save", ["--workdir", "{work}"], {}, "full", 2,
      "error: {work}/checkpoints: cannot write checkpoint 7 (OUT_OF_RANGE: Error "),
+    ("resume-past-a-truncated-manifest", ["--workdir", "{work}", "--resume"], {}, "truncated", 0,
+     "/checkpoints/14: DATA_LOSS: "),
     ("resume-past-a-corrupt-checkpoint", ["--workdir", "{work}", "--resume"], {}, "corrupt", 0,
      "/checkpoints/14/meta/metadata: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
      "resuming from checkpoint 7"),
 ]
 
 
+DAMAGE = {"corrupt": corrupt_meta, "truncated": truncate_manifest}
+
+
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, capsys, caplog, request):
     name, extra, environment, from_made, code, message = case
-    workdir = user_workdir(tmp_path, made if from_made is True or from_made in ("corrupt", "locked") else None)
+    workdir = user_workdir(tmp_path, made if from_made is True or from_made in (*DAMAGE, "locked") else None)
     if from_made == "full":
         message = message.format(work=workdir)
         real_save = Checkpoints.save
@@ -501,8 +513,8 @@ def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, ca
                 resource.setrlimit(resource.RLIMIT_FSIZE, limit)
 
         monkeypatch.setattr(Checkpoints, "save", save)
-    if from_made == "corrupt":
-        corrupt_meta(workdir, 14)
+    if from_made in DAMAGE:
+        DAMAGE[from_made](workdir, 14)
     if from_made == "locked":
         holder = contextlib.ExitStack()
         message = message.format(pid=holder.enter_context(another_run_in(workdir)), work=workdir)
@@ -528,10 +540,24 @@ def test_cli_faults(case, small_file, made, reference, tmp_path, monkeypatch, ca
         assert [line.startswith("warning: ") and message in line for line in err.splitlines()] == \
             ([True] if message else []), err
     changes = unchanged_except(before, snapshot(workdir))
-    assert [p for p in changes if not (from_made == "corrupt" and "checkpoints/14" in p)
+    assert [p for p in changes if not (from_made in DAMAGE and "checkpoints/14" in p)
             and not (from_made == "full" and p.startswith("new: checkpoints"))] == []
     if from_made == "full":
         assert leftovers(workdir) == []
+
+
+def test_a_checkpoint_orbax_cannot_read_is_skipped_with_our_one_line_only(small_file, made, tmp_path):
+    """In a real process: tensorstore printed a dozen tracebacks (73 lines) around the warning."""
+    workdir = user_workdir(tmp_path, made)
+    truncate_manifest(workdir, 14)
+    done = subprocess.run([sys.executable, "-m", "emnist_jax.cnn", "--data", small_file, "--epochs", "2",
+                           *SMALL_CONFIG_ARGS, "--workdir", str(workdir), "--resume"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "resumed from epoch 2, step 0" in done.stdout, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {workdir}/checkpoints: newest checkpoint unreadable "
+                                                   f"({workdir}/checkpoints/14: DATA_LOSS: "), done.stderr[-3000:]
+    assert lines[0].endswith("; resuming from checkpoint 7")
 
 
 def test_cli_interrupt_prints_one_line_exits_130_and_its_resume_command_finishes_the_run(
