@@ -11,6 +11,11 @@ Resuming refuses another run's checkpoint, naming the field that differs; an unr
 checkpoint falls back to the newest intact one, with a warning. Saves are synchronous and orbax
 writes each one to a temporary folder that it renames when complete; temporary folders left by a
 killed process are removed when the next run opens the folder (they are orbax's own).
+
+On a shared machine: the folders made here are private (0700), a workdir that another user owns or
+could write is refused, and ``checkpoints/.lock`` (flock, kept between runs) lets one run at a time
+train in a workdir. When orbax fails inside a handled path (a full disk, a damaged checkpoint being
+skipped), the user sees this module's one line, not orbax's tracebacks (:func:`quiet_orbax`).
 """
 
 from __future__ import annotations
