@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from emnist_jax.cnn import train_and_evaluate
 from test_cnn import CFG, SMALL_CONFIG_ARGS, flat, small, small_file  # noqa: F401  (fixtures)
@@ -58,3 +59,32 @@ def test_two_processes_reach_the_one_process_parameters(small_file, small, tmp_p
     np.testing.assert_allclose(two.history[0].loss, one.history[0].loss, rtol=1e-6)
     a, b = flat(one.state.params), flat(two.state.params)
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6, np.linalg.norm(a - b) / np.linalg.norm(a)
+
+
+ALONE_CASES = [
+    # id, environment, stderr lines (exactly)
+    ("process-0-without-the-others", {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0",
+                                      "EMNIST_JAX_COORDINATOR_TIMEOUT": "1"},
+     ["waiting up to 1 s for the other 1 process(es) to join at {address} (process 0 of 2)",
+      "error: only 0 of the other 1 process(es) reached the coordinator at {address} within 1 s; start them with the "
+      "same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, or raise EMNIST_JAX_COORDINATOR_TIMEOUT"]),
+    ("process-1-without-its-coordinator", {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+                                           "EMNIST_JAX_COORDINATOR_TIMEOUT": "1"},
+     ["waiting up to 1 s for the coordinator at {address} (process 1 of 2)",
+      "error: no coordinator answered at {address} within 1 s (Connection refused); start process 0 of the run "
+      "there, or raise EMNIST_JAX_COORDINATOR_TIMEOUT"]),
+]
+
+
+@pytest.mark.parametrize("case", ALONE_CASES, ids=[c[0] for c in ALONE_CASES])
+def test_a_run_that_cannot_start_says_why_in_one_line_and_exits_2(case, small_file, tmp_path):
+    """No C++ abort (JAX aborts a process whose coordinator never answers) and no traceback."""
+    name, environment, expected = case
+    address = f"127.0.0.1:{free_port()}"
+    if "JAX_NUM_PROCESSES" in environment:
+        environment = {**environment, "JAX_COORDINATOR_ADDRESS": address}
+    done = subprocess.run([sys.executable, "-m", "emnist_jax.cnn", "--data", small_file, "--epochs", "1",
+                           *SMALL_CONFIG_ARGS], env={**os.environ, **environment}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-3000:]
+    assert done.stderr.splitlines() == [line.format(address=address) for line in expected]

@@ -179,6 +179,7 @@ class TrainConfig:
     log_every: int = 50                   # host syncs (progress-bar updates) every N calls
 
     def __post_init__(self) -> None:
+        self._as_python_numbers()
         _int(self.epochs, "epochs", 1)
         _int(self.batch_size, "batch_size", 1)
         _real(self.learning_rate, "learning_rate")
@@ -196,6 +197,20 @@ class TrainConfig:
         _int(self.grad_chunk, "grad_chunk", 0, none_ok=True)
         _choice(self.loop, "loop", LOOPS, none_ok=True)
         _int(self.log_every, "log_every", 1)
+
+    def _as_python_numbers(self) -> None:
+        """numpy scalars (np.int64, np.float32, np.str_) as Python's own values: a checkpoint records
+        the config as JSON, which takes no numpy scalar. Booleans are left to the checks to refuse."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if type(value) in (int, float, str, bool) or value is None:
+                continue
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, field.name, int(value))
+            elif isinstance(value, numbers.Real):
+                object.__setattr__(self, field.name, float(value))
+            elif isinstance(value, str):
+                object.__setattr__(self, field.name, str(value))
 
     def resolved(self, backend: str | None = None) -> "TrainConfig":
         """Fill the per-backend choices (:data:`BACKEND_DEFAULTS`) for ``backend`` ("cpu", "gpu",

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM during training: stop at the next safe point, never inside a step or a save.
+"""Ctrl-C, SIGTERM and SIGHUP during training: stop at the next safe point, never inside a step or a save.
 
 A ``KeyboardInterrupt`` raised wherever Python happens to be can land while a jitted call has
 already consumed (donated) the old state but not yet returned the new one, or in the middle of
@@ -13,11 +13,12 @@ import contextlib
 import signal
 import threading
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: SIGHUP is what a closed terminal or ssh connection sends: the same stop, with a checkpoint.
+SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT/SIGTERM (or a ``KeyboardInterrupt`` from a callback).
+    """Training stopped by SIGINT/SIGTERM/SIGHUP (or a ``KeyboardInterrupt`` from a callback).
 
     ``epoch`` (1-based) and ``step`` (steps done in that epoch) are the position a resume starts
     from; ``checkpoint`` is the folder that holds it, or None when nothing is saved (no workdir,
@@ -36,7 +37,7 @@ class _Forced(KeyboardInterrupt):
 
 
 class DeferredSignals:
-    """Inside ``with``, SIGINT and SIGTERM set :attr:`received` instead of raising.
+    """Inside ``with``, SIGINT, SIGTERM and SIGHUP set :attr:`received` instead of raising.
 
     A second signal raises ``KeyboardInterrupt`` at once (the user insists), except inside
     :meth:`critical`, where every signal waits until the block ends. Off the main thread Python

@@ -9,9 +9,9 @@ the same code). The last partial batch
 is masked rather than reshaped, so it never recompiles. The model and optimizer objects are made
 once per setting, so a second run with the same settings reuses the compiled programs.
 
-With a workdir, a checkpoint is written after every epoch and when SIGINT/SIGTERM stops the run
-(:mod:`emnist_jax.cnn.checkpoints`, :mod:`emnist_jax.cnn.interrupts`); ``resume`` continues from
-it to the same final parameters, bit for bit.
+With a workdir, a checkpoint is written after every epoch and when SIGINT/SIGTERM/SIGHUP stops the
+run (:mod:`emnist_jax.cnn.checkpoints`, :mod:`emnist_jax.cnn.interrupts`); ``resume`` continues
+from it to the same final parameters, bit for bit. One run at a time holds a workdir.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -243,20 +244,28 @@ def _eval_batch(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Arr
 eval_batch = jax.jit(_eval_batch, static_argnames=("apply_fn", "mesh"))
 
 
+def eval_batch_for(batch_size: int, n: int) -> int:
+    """``batch_size``, but no larger than the power of two at or above ``n``: a batch beyond the
+    images evaluated would only be padding (one of 10^8 images asked for 73 GiB), and powers of
+    two keep the sets of one run (hold-out, test) on one compiled shape."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
 def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
              batch_size: int = 1024, mesh: Mesh | None = None,
              on_batch: Callable[[], None] | None = None, rows: np.ndarray | None = None) -> Evaluation:
     """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
 
     ``rows``, when given, picks the images and labels evaluated (a batch at a time: no copy of the
-    set). ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    set). Batches larger than the set are cut down (:func:`eval_batch_for`): the same result.
+    ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
     """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
-    batch_size = -(-batch_size // mesh.size) * mesh.size
     if rows is not None:
         labels = labels[rows]
     n = len(labels)
+    batch_size = -(-eval_batch_for(batch_size, n) // mesh.size) * mesh.size
     padded = -(-n // batch_size) * batch_size
     mask = (np.arange(padded) < n).astype(np.float32)
     losses, predictions = [], []
@@ -316,17 +325,46 @@ class TrainResult:
     resumed_from: Position | None = None  # where a resumed run started
 
 
-def _check(dataset: Dataset, config: TrainConfig, mesh: Mesh) -> None:
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size must be a multiple of the {mesh.size} devices, got {config.batch_size}")
+def _check_data(dataset: Dataset) -> None:
+    """The dataset as training needs it, or a one-line ValueError naming the part that is not."""
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset must be an emnist_jax.data.Dataset, got {type(dataset).__name__}")
+    if not dataset.classes:
+        raise ValueError("dataset.classes is empty: there is no class to learn")
     for name in ("train", "test"):
         images, labels = getattr(dataset, f"{name}_images"), getattr(dataset, f"{name}_labels")
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-            raise ValueError(f"{name}_images must be (N, 28, 28) uint8, got {images.shape} {images.dtype}")
+        if not isinstance(images, np.ndarray) or images.ndim != 3 or images.shape[1:] != (28, 28) \
+                or images.dtype != np.uint8:
+            raise ValueError(f"{name}_images must be (N, 28, 28) uint8, got {_shape_of(images)}")
+        if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(f"{name}_labels must be a 1-D array of integer class numbers, got {_shape_of(labels)}")
         if len(labels) != len(images):
             raise ValueError(f"{name}_labels has {len(labels)} entries for {len(images)} images")
         if len(labels) and (labels.min() < 0 or labels.max() >= dataset.n_classes):
             raise ValueError(f"{name}_labels must lie in 0..{dataset.n_classes - 1}")
+
+
+def _shape_of(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.shape} {value.dtype}"
+    return type(value).__name__
+
+
+def _check_arguments(config: Any, workdir: Any, resume: Any, progress: Any, devices: Any,
+                     callbacks: dict[str, Any]) -> None:
+    """train_and_evaluate's other arguments, each checked before any work (a one-line ValueError)."""
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if workdir is not None and (not isinstance(workdir, (str, os.PathLike)) or workdir == ""):
+        raise ValueError(f"workdir must be a folder path or None, got {workdir!r}")
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if devices is not None and (not isinstance(devices, (list, tuple)) or not devices):
+        raise ValueError(f"devices must be a non-empty list of JAX devices or None, got {devices!r}")
+    for name, function in callbacks.items():
+        if function is not None and not callable(function):
+            raise ValueError(f"{name} must be callable or None, got {type(function).__name__}")
 
 
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -361,7 +399,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
     """Train the study's CNN on ``dataset`` following ``config`` and evaluate it.
 
     With ``workdir``, checkpoints go to ``workdir/checkpoints`` after every epoch and when
-    SIGINT/SIGTERM stops the run (which then raises :class:`TrainingInterrupted`, a
+    SIGINT/SIGTERM/SIGHUP stops the run (which then raises :class:`TrainingInterrupted`, a
     ``KeyboardInterrupt``); ``resume=True`` continues from the newest intact one (a fresh start
     when there is none) and reaches the same final parameters as an uninterrupted run.
     ``progress`` shows a tqdm bar; ``on_epoch`` is called with each epoch's metrics and
@@ -374,12 +412,15 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
     """
     from tqdm.auto import tqdm
 
-    initialize_distributed()
+    _check_arguments(config, workdir, resume, progress, devices, {"on_epoch": on_epoch, "on_call": on_call})
+    _check_data(dataset)
     if resume and not workdir:
         raise ValueError("resume needs a workdir holding the checkpoints to resume from")
+    initialize_distributed()
     mesh = make_mesh(devices)
     config = config.resolved(platform_of(mesh))
-    _check(dataset, config, mesh)
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size must be a multiple of the {mesh.size} devices, got {config.batch_size}")
     train_rows, holdout_rows = split_for(dataset, config)
     n, batch = len(train_rows), config.batch_size
     if batch > n:
@@ -394,58 +435,60 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
     if workdir:
         identity = run_identity(config, dataset.n_classes, n,
                                 data_fingerprint(dataset.train_images, dataset.train_labels, train_rows))
-        checkpoints = Checkpoints(workdir, identity, {f: getattr(config, f) for f in EXECUTION_FIELDS})
+        checkpoints = Checkpoints(workdir, identity, {f: getattr(config, f) for f in EXECUTION_FIELDS},
+                                  process=jax.process_index())
         if not resume and checkpoints.steps():
+            checkpoints.close()
             raise CheckpointError(f"{checkpoints.folder}: holds the checkpoints of an earlier run; resume it "
                                   "(--resume) or use another workdir")
 
-    # all the file's training images, indexed through the training rows: no copy of them on a CPU
-    images = place_images(dataset.train_images, mesh)
-    labels = replicate(dataset.train_labels.astype(np.int32), mesh)
-    rows = replicate(train_rows.astype(np.int32), mesh)
-    key = jax.random.key(config.seed)
-    state = replicate_tree(create_state(config, dataset.n_classes, (config.seed, 0)), mesh)
-    sums = replicate_tree(zero_sums(), mesh)
+    try:  # the workdir is locked from here: released whatever happens
+        # all the file's training images, indexed through the training rows: no copy of them on a CPU
+        images = place_images(dataset.train_images, mesh)
+        labels = replicate(dataset.train_labels.astype(np.int32), mesh)
+        rows = replicate(train_rows.astype(np.int32), mesh)
+        key = jax.random.key(config.seed)
+        state = replicate_tree(create_state(config, dataset.n_classes, (config.seed, 0)), mesh)
+        sums = replicate_tree(zero_sums(), mesh)
 
-    history: list[EpochMetrics] = []
-    position, resumed_from = Position(1, 0), None
-    if resume and checkpoints is not None:
-        restored = checkpoints.restore(state, sums)
-        if restored is not None:
-            state, sums, meta = restored
-            position = resumed_from = Position(meta["epoch"], meta["step"])
-            history = [EpochMetrics(**h) for h in meta["history"]]
-            if position.epoch > config.epochs + 1 or (position.epoch == config.epochs + 1 and position.step):
-                raise ValueError(f"{checkpoints.folder}: the checkpoint is at epoch {position.epoch}, step "
-                                 f"{position.step}, past the {config.epochs} epochs asked for")
-    saved = resumed_from   # the newest position on disk
-    single = jax.process_count() == 1
+        history: list[EpochMetrics] = []
+        position, resumed_from = Position(1, 0), None
+        if resume and checkpoints is not None:
+            restored = checkpoints.restore(state, sums)
+            if restored is not None:
+                state, sums, meta = restored
+                position = resumed_from = Position(meta["epoch"], meta["step"])
+                history = [EpochMetrics(**h) for h in meta["history"]]
+                if position.epoch > config.epochs + 1 or (position.epoch == config.epochs + 1 and position.step):
+                    raise ValueError(f"{checkpoints.folder}: the checkpoint is at epoch {position.epoch}, step "
+                                     f"{position.step}, past the {config.epochs} epochs asked for")
+        saved = resumed_from   # the newest position on disk
+        single = jax.process_count() == 1
 
-    def save(at: Position, sums: dict) -> None:
-        nonlocal saved
-        if checkpoints is not None and at != Position(1, 0):
-            with signals.critical():
-                checkpoints.save((at.epoch - 1) * steps + at.step, state, sums, {
-                    "epoch": at.epoch, "step": at.step, "history": [dataclasses.asdict(h) for h in history]})
-            saved = at
+        def save(at: Position, sums: dict) -> None:
+            nonlocal saved
+            if checkpoints is not None and at != Position(1, 0):
+                with signals.critical():
+                    checkpoints.save((at.epoch - 1) * steps + at.step, state, sums, {
+                        "epoch": at.epoch, "step": at.step, "history": [dataclasses.asdict(h) for h in history]})
+                saved = at
 
-    def interrupted(at: Position | None, during: str = "training") -> TrainingInterrupted:
-        """The exception to raise at ``at`` (None: the run had not started)."""
-        at = at or Position(1, 0)
-        folder = str(checkpoints.folder) if checkpoints is not None and saved == at else None
-        return TrainingInterrupted(at.epoch, at.step, folder, signals.name, during)
+        def interrupted(at: Position | None, during: str = "training") -> TrainingInterrupted:
+            """The exception to raise at ``at`` (None: the run had not started)."""
+            at = at or Position(1, 0)
+            folder = str(checkpoints.folder) if checkpoints is not None and saved == at else None
+            return TrainingInterrupted(at.epoch, at.step, folder, signals.name, during)
 
-    def stop_here(at: Position) -> TrainingInterrupted:
-        """Stop at a safe point (between calls, the state whole), saving ``at`` first."""
-        jax.block_until_ready(state)
-        save(at, sums)
-        return interrupted(at)
+        def stop_here(at: Position) -> TrainingInterrupted:
+            """Stop at a safe point (between calls, the state whole), saving ``at`` first."""
+            jax.block_until_ready(state)
+            save(at, sums)
+            return interrupted(at)
 
-    def signalled() -> bool:
-        return signals.received is not None
+        def signalled() -> bool:
+            return signals.received is not None
 
-    compile_seconds = 0.0
-    try:
+        compile_seconds = 0.0
         with DeferredSignals() as signals:
             try:
                 start = position
