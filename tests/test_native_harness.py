@@ -1,9 +1,10 @@
 """The fused kernels' C++ harness (tests/native/harness.cc): every kernel of fused_conv.cc against a
 plain direct convolution, forward and gradients, built without JAX for the targets users have.
 
-By default the suite builds two configurations, at -O1 to keep it quick: this machine's compiler
-(``$CXX`` or g++) for AVX2 (``-march=x86-64-v3``; ``native`` off x86-64 or without AVX2), and g++ for
-aarch64, run under qemu-user where the cross tools are installed.
+By default the suite builds three configurations, at -O1 to keep it quick: this machine's compiler
+(``$CXX`` or g++) for AVX2 (``-march=x86-64-v3``; ``native`` off x86-64 or without AVX2), clang++ for
+SSE4.2 (``-march=x86-64-v2``, on x86-64), and g++ for aarch64, run under qemu-user where the cross
+tools are installed.
 ``EMNIST_JAX_TEST_NATIVE=all`` builds every one at -O2: g++ and clang++ for native, x86-64-v3 (AVX2)
 and x86-64-v2 (SSE4.2), and g++ and clang++ for aarch64 under qemu. A configuration whose compiler or
 emulator is missing is skipped with its reason.
@@ -59,6 +60,7 @@ def configurations(mode: str) -> list[tuple[str, list[str], list[str], str]]:
     if mode == "quick":
         host = ["-march=x86-64-v3"] if _x86() and _has_avx2() else native
         return [(f"{os.path.basename(_host_compiler())}-{host[0].split('=')[1]}", shlex.split(_host_compiler()), host, []),
+                *([("clang++-x86-64-v2", ["clang++"], ["-march=x86-64-v2"], [])] if _x86() else []),
                 ("aarch64-g++-qemu", ["aarch64-linux-gnu-g++"], [], qemu)]
     found = []
     for cxx in ("g++", "clang++"):
