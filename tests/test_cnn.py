@@ -296,3 +296,20 @@ def test_cli_trains_and_prints_epochs_and_accuracies(small_file, runs, capsys):
     assert f"epoch   1: loss {first.history[0].loss:.4f}" in out and f"epoch   2: loss {first.history[1].loss:.4f}" in out
     assert f"test     accuracy {first.evaluations['test'].accuracy:.4f}" in out
     assert "100 training images" in out and "conv=xla, 2 steps per call (unroll)" in out
+
+
+def test_the_command_line_offers_every_train_config_field_with_its_own_help():
+    from emnist_jax.cnn.__main__ import build_parser, config_from
+
+    parser = build_parser()
+    options = {action.dest: action for action in parser._actions}
+    fields = dataclasses.fields(TrainConfig)
+    assert {f.name for f in fields} <= set(options)
+    for field in fields:
+        assert options[field.name].help.startswith(field.metadata["help"])
+    args = parser.parse_args(["--b1", "0.8", "--b2", "0.99", "--eps", "1e-8", "--holdout-fraction", "0.2",
+                              "--grad-chunk", "8", "--loop", "scan", "--conv-impl", "xla"])
+    config = config_from(args)
+    assert (config.b1, config.b2, config.eps, config.holdout_fraction, config.grad_chunk, config.loop,
+            config.conv_impl) == (0.8, 0.99, 1e-8, 0.2, 8, "scan", "xla")
+    assert config_from(parser.parse_args([])) == TrainConfig()

@@ -27,25 +27,14 @@ import warnings
 
 from emnist_jax.cnn.config import ConfigError, TrainConfig
 
-#: Options that override TrainConfig fields: (field, type, metavar, help). Defaults are read from TrainConfig.
-CONFIG_OPTIONS = (
-    ("protocol", str, None, "study: seeded 67/33 split of the train file, hold-out evaluated; official: train "
-                            "file vs test file"),
-    ("epochs", int, "N", "passes over the training images"),
-    ("batch_size", int, "B", "images per step, over all devices"),
-    ("seed", int, "S", "seeds the split, the initial weights and the batch order (0..4294967295)"),
-    ("learning_rate", float, "LR", "Adam's step size"),
-    ("conv_impl", str, None, "convolution form: xla (lax.conv_general_dilated), slices (9 shifted slices and "
-                             "one matmul), fused (our C++ kernels through jax.ffi, Winograd for conv2/conv3; "
-                             "CPU only, needs g++) or onednn (oneDNN through jax.ffi; CPU only, "
-                             "pip install '.[onednn]'); auto: fused, else onednn, else slices on a CPU"),
-    ("steps_per_call", int, "K", "training steps per jitted call"),
-    ("loop", str, None, "run the K steps of a call as one lax.scan or unrolled"),
-    ("eval_batch_size", int, "B", "images per evaluation batch"),
-    ("log_every", int, "N", "update the progress bar every N calls (each update waits for the device)"),
-)
-CHOICES = {"protocol": ("study", "official"), "conv_impl": ("auto", "xla", "slices", "onednn", "fused"),
-           "loop": ("scan", "unroll")}
+def _option_type(field: dataclasses.Field) -> type:
+    """int, float or str: what the command line parses a field's value as (``int | None`` is int)."""
+    annotation = str(field.type)
+    return next(kind for kind in (int, float, str) if kind.__name__ in annotation)
+
+
+#: Every TrainConfig field is an option, with the field's own help; defaults are read from TrainConfig.
+CONFIG_FIELDS = tuple(dataclasses.fields(TrainConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data source as emnist_jax.data.load takes it: a .mat file, a folder of IDX files, "
                              "or 'default' (the embedded synthetic set) (default: default)")
     parser.add_argument("--split", default=None, help="EMNIST split (default: from the file name, else byclass)")
-    defaults = TrainConfig()
-    for field, kind, metavar, text in CONFIG_OPTIONS:
-        default = getattr(defaults, field)
-        shown = "per backend, see emnist_jax.cnn.config" if default in (None, "auto") else default
-        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, metavar=metavar,
-                            choices=CHOICES.get(field), help=f"{text} (default: {shown})")
+    for field in CONFIG_FIELDS:
+        shown = "per backend, see emnist_jax.cnn.config" if field.default in (None, "auto") else field.default
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_option_type(field),
+                            default=None, metavar=field.metadata["metavar"], choices=field.metadata["choices"],
+                            help=f"{field.metadata['help']} (default: {shown})")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="folder for checkpoints (DIR/checkpoints): after every epoch and on Ctrl-C/SIGTERM/SIGHUP")
     parser.add_argument("--resume", action="store_true",
@@ -74,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace, base: TrainConfig = TrainConfig()) -> TrainConfig:
     """``base`` with the fields the command line set; raises ConfigError."""
-    return dataclasses.replace(base, **{f: getattr(args, f) for f, *_ in CONFIG_OPTIONS
-                                        if getattr(args, f) is not None})
+    return dataclasses.replace(base, **{f.name: getattr(args, f.name) for f in CONFIG_FIELDS
+                                        if getattr(args, f.name) is not None})
 
 
 #: What a run needs before its data, in KiB as ``ulimit`` counts them: (the ulimit option, base, per

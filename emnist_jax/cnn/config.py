@@ -158,25 +158,35 @@ def _choice(value, field: str, options: tuple[str, ...], none_ok: bool = False) 
         raise ConfigError(field, f"must be one of {allowed}, got {value!r}")
 
 
+def _field(default, help: str, metavar: str | None = None, choices: tuple[str, ...] | None = None):
+    """A TrainConfig field whose ``help`` (and ``metavar``, ``choices``) its command-line option shows."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """What to train and how; every field is checked when the object is made (:class:`ConfigError`)."""
 
-    epochs: int = 10
-    batch_size: int = 64                  # global: split over all devices (of all processes)
-    learning_rate: float = 1e-3           # Keras Adam() defaults
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-7
-    protocol: str = "study"               # "study": seeded 67/33 split of the train file; "official": train/test files
-    holdout_fraction: float = 0.33
-    seed: int = 0
-    eval_batch_size: int = 1024
-    conv_impl: str = "auto"               # "xla", "slices", "fused", "onednn" (both CPU) or "auto" (per backend)
-    steps_per_call: int | None = None     # K steps per jitted call; None = per backend
-    grad_chunk: int | None = None         # images per gradient chunk in a step (0 = whole batch); None = per backend
-    loop: str | None = None               # "scan" or "unroll" the K steps; None = per backend
-    log_every: int = 50                   # host syncs (progress-bar updates) every N calls
+    # Each field's help is its command-line option's (python -m emnist_jax.cnn --help).
+    epochs: int = _field(10, "passes over the training images", "N")
+    batch_size: int = _field(64, "images per step, over all devices (of all processes)", "B")
+    learning_rate: float = _field(1e-3, "Adam's step size (Keras Adam()'s default)", "LR")
+    b1: float = _field(0.9, "Adam's first-moment decay", "B1")
+    b2: float = _field(0.999, "Adam's second-moment decay", "B2")
+    eps: float = _field(1e-7, "Adam's epsilon (Keras's default, not optax's 1e-8)", "EPS")
+    protocol: str = _field("study", "study: seeded split of the train file, the hold-out evaluated; official: the "
+                                    "train file against the test file", choices=PROTOCOLS)
+    holdout_fraction: float = _field(0.33, "the study protocol's hold-out share of the train file", "F")
+    seed: int = _field(0, f"seeds the split, the initial weights and the batch order (0..{MAX_SEED})", "S")
+    eval_batch_size: int = _field(1024, "images per evaluation batch", "B")
+    conv_impl: str = _field("auto", "convolution form: xla (lax.conv_general_dilated), slices (9 shifted slices and "
+                                    "one matmul), fused (the project's C++ kernels through jax.ffi; CPU only, needs "
+                                    "a C++ compiler) or onednn (CPU only, pip install '.[onednn]'); auto: per backend "
+                                    "(docs/kernels.md)", choices=CONV_IMPLS + ("auto",))
+    steps_per_call: int | None = _field(None, "training steps per jitted call", "K")
+    grad_chunk: int | None = _field(None, "images per gradient chunk inside a step (0: the whole batch)", "N")
+    loop: str | None = _field(None, "run the K steps of a call as one lax.scan or unrolled", choices=LOOPS)
+    log_every: int = _field(50, "update the progress bar every N calls (each update waits for the device)", "N")
 
     def __post_init__(self) -> None:
         self._as_python_numbers()
