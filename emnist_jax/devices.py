@@ -238,9 +238,12 @@ def check_platforms(environ: dict | None = None) -> None:
         raise DeviceError(f"JAX_PLATFORMS={value!r}: {_first_line(error)}") from None
 
 
-def setup(device: str | None) -> None:
+def setup(device: str | None, compilation_cache: bool = True) -> None:
     """What every command line does first: join a multi-process run if the environment describes
-    one, then pick the platform. Raises :class:`DeviceError` saying which of the two was wrong."""
+    one, pick the platform, and turn JAX's persistent compilation cache on (or off: ``--no-compilation-
+    cache``; :mod:`emnist_jax.compilation_cache`). Raises :class:`DeviceError` saying what was wrong."""
+    from emnist_jax import compilation_cache as cache
+
     initialize_distributed()
     try:
         use_platform(device)
@@ -248,3 +251,7 @@ def setup(device: str | None) -> None:
         raise DeviceError(f"--device {device}: {error}") from None
     if device is None:
         check_platforms()
+    if compilation_cache:
+        cache.enable()
+    else:
+        cache.disable()

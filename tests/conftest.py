@@ -7,8 +7,11 @@ from emnist_jax.data import Dataset, default_file, load
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test starts with an empty array cache of its own, never the user's."""
+    """Every test starts with an empty array cache of its own, never the user's, and no compilation cache."""
     monkeypatch.setenv("EMNIST_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # The command lines turn JAX's persistent compilation cache on; tests compile afresh (and never
+    # write the user's ~/.cache), except those of the cache itself, which name their own folder.
+    monkeypatch.setenv("EMNIST_JAX_COMPILATION_CACHE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,13 @@ def test_a_cache_another_user_could_write_is_not_used(tmp_path, monkeypatch):
     for folder, why in ((shared, "writable by others"), (theirs, "owned by another user")):
         with pytest.warns(compilation_cache.CompilationCacheWarning, match=f"compilation cache {folder}: .*{why}"):
             assert compilation_cache.enable(str(folder)) is None
+
+
+@pytest.mark.parametrize("flag, expected", [(True, "folder"), (False, "None")])
+def test_every_command_line_turns_the_cache_on_unless_told_not_to(tmp_path, flag, expected):
+    code = ("import jax\nfrom emnist_jax import devices\n"
+            f"devices.setup(None, compilation_cache={flag})\nprint(jax.config.jax_compilation_cache_dir)")
+    env = {**os.environ, "EMNIST_JAX_COMPILATION_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (str(tmp_path / "cache") if expected == "folder" else "None")

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=None,
                         help="platform to run on; gpu is whichever GPU platform JAX has (default: JAX's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="compile without JAX's persistent cache (default: on, in ~/.cache/emnist_jax/jax or "
+                             "$EMNIST_JAX_COMPILATION_CACHE; 0 there turns it off too)")
     return parser
 
 
@@ -173,7 +176,7 @@ def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
     if shortfall:
         return _fail(shortfall)
     try:  # before anything touches a JAX backend
-        devices.setup(args.device)
+        devices.setup(args.device, compilation_cache=not args.no_compilation_cache)
     except devices.DeviceError as error:
         return _fail(str(error))
 

@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated stages to run, from {','.join(STAGE_NAMES)} (default: all)")
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=None,
                    help="JAX platform (default: JAX's choice: an accelerator if one is present)")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="compile without JAX's persistent cache (default: on, in ~/.cache/emnist_jax/jax or "
+                        "$EMNIST_JAX_COMPILATION_CACHE; 0 there turns it off too)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the stages an interrupted run of the same --out finished (and the CNN's last "
                         "checkpoint), if data, profile, seed and package version are the same")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from emnist_jax import devices
 
     try:  # before anything touches a JAX backend
-        devices.setup(args.device)
+        devices.setup(args.device, compilation_cache=not args.no_compilation_cache)
     except devices.DeviceError as error:
         return fail(str(error))
     from emnist_jax.report.runner import run
