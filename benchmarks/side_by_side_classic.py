@@ -1,4 +1,4 @@
-"""Side-by-side timings of the classic studies, all in one process (issue: classic studies).
+"""Side-by-side timings of the classic studies, all in one process.
 
     python benchmarks/side_by_side_classic.py [--data SRC] [--rows 50000] [--skip-sklearn-knn]
 

@@ -1,4 +1,4 @@
-"""CNN throughput on a CPU: JAX variants and PyTorch side by side in one run (issue 13).
+"""CNN throughput on a CPU: JAX variants and PyTorch side by side in one run.
 
     python benchmarks/side_by_side_cnn.py [--seconds 5] [--batches 64 256] [--malloc tuned|default|both]
                                           [--no-torch] [--no-torch-compile] [--out reports/performance]

@@ -160,7 +160,7 @@ def test_backend_defaults_follow_the_recorded_measurements(monkeypatch):
     monkeypatch.setattr(config, "onednn_available", lambda: False)   # the CPU without the oneDNN extra
     monkeypatch.setattr(config, "fused_not_default_reason", lambda: "no C++ compiler")   # nor the fused kernels
     gpu, cpu = TrainConfig().resolved("gpu"), TrainConfig().resolved("cpu")
-    assert (gpu.conv_impl, gpu.steps_per_call, gpu.loop) == ("slices", 64, "scan")   # issue 12's H100 table
+    assert (gpu.conv_impl, gpu.steps_per_call, gpu.loop) == ("slices", 64, "scan")   # the H100 measurement (docs/performance.md)
     assert (cpu.conv_impl, cpu.steps_per_call, cpu.loop) == ("slices", 4, "unroll")
     assert "guessed" in BACKEND_DEFAULTS["tpu"].source and "H100" in BACKEND_DEFAULTS["gpu"].source
     mine = TrainConfig(conv_impl="xla", steps_per_call=3, loop="unroll").resolved("gpu")

@@ -53,7 +53,7 @@ def test_no_device_keeps_jax_s_choice(monkeypatch):
 
 
 def test_cnn_cli_asks_for_cuda_first_when_given_gpu(monkeypatch, capsys):
-    """The bug of issue 12: --device gpu asked JAX for ROCm on an NVIDIA machine."""
+    """--device gpu finds the NVIDIA GPU (CUDA) without asking JAX for ROCm first."""
     from emnist_jax.cnn.__main__ import main
 
     fake = platforms("cpu")

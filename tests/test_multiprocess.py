@@ -1,4 +1,4 @@
-"""Two processes on this machine train the CNN as one data-parallel job (issue 12).
+"""Two processes on this machine train the CNN as one data-parallel job.
 
 Each process is ``python -m emnist_jax.cnn`` with JAX_COORDINATOR_ADDRESS (a free port on
 127.0.0.1), JAX_NUM_PROCESSES=2 and its JAX_PROCESS_ID, on one CPU device each, exchanging

@@ -34,14 +34,14 @@ class BackendDefaults:
 BACKEND_DEFAULTS = {
     "cpu": BackendDefaults(
         "slices", 4, "unroll",
-        "measured on the 2-core development machine with benchmarks/side_by_side_cnn.py (README, "
+        "measured on the 2-core development machine with benchmarks/side_by_side_cnn.py (docs/performance.md, "
         "'CNN throughput on a CPU'): slices K=4 was the fastest JAX variant at batch 64 (1,975 images/s against "
         "1,725 for xla K=1, mallopt tuned); lax.scan over xla-convolution steps ran 134 images/s "
         "(10-40x slower), a scan over slice steps was fine; unrolled K=4 slices is what was measured"),
     "gpu": BackendDefaults(
         "slices", 64, "scan",
-        "measured by issue 12's author on one NVIDIA H100 80 GB with JAX 0.11.2 (CUDA 13), not by us "
-        "(README, 'Running on GPU, TPU and several hosts'): slices under one lax.scan of K=64 steps reached "
+        "measured on one NVIDIA H100 80 GB with JAX 0.11.2 (CUDA 13), 2026-11-27, outside the repository "
+        "(docs/performance.md, 'GPU runs'): slices under one lax.scan of K=64 steps reached "
         "346,978 images/s at batch 64 with a 3.7 s first call, against 50,809 for xla K=1 and "
         "335,000 for slices unrolled K=8 (~10 s to compile); throughput is flat from K=8 on"),
     "tpu": BackendDefaults(
@@ -52,11 +52,12 @@ BACKEND_DEFAULTS = {
 
 UNKNOWN_BACKEND = BackendDefaults("xla", 1, "unroll", "no measurement for this backend: XLA's own choices")
 
-#: The CPU's first choice: our fused C++ kernels (``emnist_jax.cnn.fused``), wherever g++ can build them.
+#: The CPU's first choice: the fused C++ kernels (``emnist_jax.cnn.fused``), where they build for an
+#: instruction set they were measured fast on (``fused.MEASURED_FAST_ON``).
 CPU_FUSED = BackendDefaults(
     "fused", 4, "scan", grad_chunk=0, source=
     "measured on the 2-core development machine, shared with other jobs, by benchmarks/side_by_side_cnn.py "
-    "(reports/performance/cpu.md; README, 'CNN throughput on a CPU'): fused K=4 scan trained 6,579 / 7,487 "
+    "(reports/performance/cpu.md; docs/performance.md, 'CNN throughput on a CPU'): fused K=4 scan trained 6,579 / 7,487 "
     "images/s at batch 64 / 256 against 4,649 / 5,321 for K=1 unrolled, 5,863 / 5,796 for K=8 scan and "
     "3,145 / 3,698 for onednn K=4 scan in the same run (the run 45 minutes before: 3,930 / 3,209 against "
     "2,626 / 2,727 and 2,120 / 3,801), and 2.28x / 2.32x PyTorch eager in interleaved rounds; a scan of 4 "
@@ -67,7 +68,7 @@ CPU_FUSED = BackendDefaults(
 CPU_ONEDNN = BackendDefaults(
     "onednn", 4, "scan", grad_chunk=0, source=
     "measured on the 2-core development machine, shared with other jobs, by benchmarks/side_by_side_cnn.py "
-    "(reports/performance/cpu.md; README, 'CNN throughput on a CPU'): onednn K=4 scan trained 3,918 / 3,898 "
+    "(reports/performance/cpu.md; docs/performance.md, 'CNN throughput on a CPU'): onednn K=4 scan trained 3,918 / 3,898 "
     "images/s at batch 64 / 256 against 2,836 / 3,397 for onednn K=1 and 3,347 / 2,987 for K=8 scan in the same "
     "run, and 1.18x / 1.13x PyTorch eager in interleaved rounds (1.30x / 1.10x in the run before); a scan compiles "
     "in ~1.5 s where K=4 unrolled took ~3.5-4.5 s at about the same speed; gradient chunks of 64 at batch 256 "

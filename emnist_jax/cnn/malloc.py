@@ -8,7 +8,7 @@ on Linux with glibc only, elsewhere it does nothing.
 
 What it buys JAX is small and not settled (2-core development machine, all with
 ``benchmarks/side_by_side_cnn.py`` or the same loop): one run gave the CPU default (slices, K=4,
-batch 64) 1,975 images/s with it against 1,609 without (README, 'CNN throughput on a CPU'); an earlier run
+batch 64) 1,975 images/s with it against 1,609 without (docs/performance.md, 'CNN throughput on a CPU'); an earlier run
 763 with against 800 without; an alternating probe beside other jobs (load ~4) 1,377 and 587 with,
 840 and 714 without, which is noise. PyTorch gains clearly in every run (1,929 -> 2,418).
 """

@@ -107,7 +107,7 @@ def initial_params(model: StudyCNN, seed: int | tuple[int, ...]) -> dict:
 
     Drawn with numpy from ``seed``, leaf by leaf in the order of the parameter tree. The same
     distributions as ``model.init``, whose jitted form took 3-5 s to compile on the 2-core machine
-    (measured by us); this takes milliseconds and gives the same numbers on every backend and process.
+    (measured on the development machines); this takes milliseconds and gives the same numbers on every backend and process.
     """
     shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     rng = np.random.default_rng(seed)

@@ -175,7 +175,7 @@ def _shard(arrays: tuple, mesh: Mesh, spec: P) -> tuple:
     """Place arrays inside a jitted function; nothing on one device.
 
     On one device a sharding constraint only costs (on XLA CPU it made a training step about 20x
-    slower, measured by us) and there is nothing to partition.
+    slower, as measured) and there is nothing to partition.
     """
     if mesh.size == 1:
         return arrays
@@ -208,7 +208,7 @@ def _train_calls(state: TrainState, images: jax.Array, labels: jax.Array, index:
 #: mesh=, loop=, grad_chunk=)`` runs the rows ``index[call]`` ((K, B) row numbers of ``images``,
 #: -1 = padding) and returns the new state and the metric sums plus this call's. ``loop="scan"``
 #: compiles the step once; ``"unroll"`` compiles K copies (on XLA CPU a scan over XLA-convolution
-#: steps was 10-40x slower; README, 'CNN throughput on a CPU'). ``grad_chunk``: see
+#: steps was 10-40x slower; docs/performance.md, 'CNN throughput on a CPU'). ``grad_chunk``: see
 #: :func:`train_step`. ``state`` and ``sums`` are donated.
 train_calls = jax.jit(_train_calls, static_argnames=("mesh", "loop", "grad_chunk"), donate_argnames=("state", "sums"))
 
