@@ -73,9 +73,11 @@ constexpr int kRegisters = 16;
 constexpr int L = FUSED_CONV_LANES;
 
 typedef float vf __attribute__((vector_size(4 * FUSED_CONV_LANES)));
-typedef float vfu __attribute__((vector_size(4 * FUSED_CONV_LANES), aligned(4)));
+// The types loads and stores go through may alias float and byte buffers (as the compilers' own unaligned
+// intrinsic types do): a plain vector type read through a float* breaks strict aliasing.
+typedef float vfu __attribute__((vector_size(4 * FUSED_CONV_LANES), aligned(4), __may_alias__));
 typedef int32_t vi __attribute__((vector_size(4 * FUSED_CONV_LANES)));
-typedef uint8_t vb __attribute__((vector_size(FUSED_CONV_LANES), aligned(1)));
+typedef uint8_t vb __attribute__((vector_size(FUSED_CONV_LANES), aligned(1), __may_alias__));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
