@@ -18,6 +18,7 @@ build goes to the default folder, or to a temporary private one, with a one-line
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -199,6 +200,7 @@ def _trusted_folder(folder: str) -> str:
             raise OSError
     except (UntrustedPath, OSError):
         where = tempfile.mkdtemp(prefix="emnist_jax-native-")   # 0700; rebuilt by every process
+        atexit.register(shutil.rmtree, where, ignore_errors=True)  # a loaded library outlives its file
     warnings.warn(f"{problem}; building in {where} instead", NativeWarning, stacklevel=3)
     return where
 
