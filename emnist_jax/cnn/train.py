@@ -104,7 +104,7 @@ class TrainingData(NamedTuple):
 
 
 def _place(dataset: Dataset, schedule: Schedule, mesh: Mesh) -> TrainingData:
-    # all the file's training images, indexed through the training rows: no copy of them on a CPU
+    """All the file's training images, indexed through the training rows: no copy of them on a CPU."""
     return TrainingData(place_images(dataset.train_images, mesh),
                         replicate(dataset.train_labels.astype(np.int32), mesh),
                         replicate(schedule.train_rows.astype(np.int32), mesh), jax.random.key(schedule.config.seed))
@@ -216,7 +216,6 @@ def _show(bar: Any, sums: dict) -> None:
     bar.update(int(seen) - bar.n)
     bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.4f}",
                     acc=f"{float(sums['correct']) / max(seen, 1):.4f}")
-
 
 
 # ---- evaluation --------------------------------------------------------------------------------
