@@ -30,7 +30,9 @@ class TrainStep:
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
-        from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
+        from emnist_jax.cnn.placement import make_mesh
+        from emnist_jax.cnn.programs import train_calls
+        from emnist_jax.cnn.steps import create_state, zero_sums
 
         self.config = TrainConfig(batch_size=batch, conv_impl=conv).resolved()
         self.mesh = make_mesh()
@@ -78,7 +80,9 @@ class EvalStep:
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
-        from emnist_jax.cnn.train import create_state, eval_batch, make_mesh
+        from emnist_jax.cnn.placement import make_mesh
+        from emnist_jax.cnn.programs import eval_batch
+        from emnist_jax.cnn.steps import create_state
 
         config = TrainConfig(conv_impl=conv).resolved()
         self.state = create_state(config, 62)
@@ -114,7 +118,8 @@ class Compile:
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
-        from emnist_jax.cnn.train import create_state, make_mesh, zero_sums
+        from emnist_jax.cnn.placement import make_mesh
+        from emnist_jax.cnn.steps import create_state, zero_sums
 
         self.config = TrainConfig(conv_impl=conv).resolved()
         self.state = create_state(self.config, 62)
@@ -125,7 +130,7 @@ class Compile:
     def time_compile_train_call(self, backend, conv):
         import jax
 
-        from emnist_jax.cnn.train import train_calls
+        from emnist_jax.cnn.programs import train_calls
 
         jax.clear_caches()
         train_calls.lower(self.state, *self.args, mesh=self.mesh, loop=self.config.loop).compile()

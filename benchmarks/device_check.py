@@ -132,7 +132,7 @@ def measure_placement(dataset, rows: int) -> dict:
     """The uint8 training images put on the device on their own, twice (the first allocates)."""
     import jax
 
-    from emnist_jax.cnn.train import make_mesh, place_images
+    from emnist_jax.cnn.placement import make_mesh, place_images
 
     images = np.resize(dataset.train_images, (rows, 28, 28))
     mesh = make_mesh()

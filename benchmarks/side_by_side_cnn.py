@@ -80,7 +80,9 @@ def jax_rows(batches, seconds, variants=VARIANTS):
 
     from emnist_jax.cnn import TrainConfig
     from emnist_jax.cnn.config import available_conv_impls
-    from emnist_jax.cnn.train import create_state, eval_batch, make_mesh, train_calls, zero_sums
+    from emnist_jax.cnn.placement import make_mesh
+    from emnist_jax.cnn.programs import eval_batch, train_calls
+    from emnist_jax.cnn.steps import create_state, zero_sums
 
     mesh = make_mesh()
     rng = np.random.default_rng(0)
@@ -207,7 +209,9 @@ def serve(kind: str, batches, ours: str = "default") -> None:
         import jax.numpy as jnp
 
         from emnist_jax.cnn import TrainConfig
-        from emnist_jax.cnn.train import create_state, eval_batch, make_mesh, train_calls, zero_sums
+        from emnist_jax.cnn.placement import make_mesh
+        from emnist_jax.cnn.programs import eval_batch, train_calls
+        from emnist_jax.cnn.steps import create_state, zero_sums
 
         mesh = make_mesh()
         images, labels = jnp.asarray(images_np), jnp.asarray(labels_np)

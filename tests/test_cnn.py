@@ -24,8 +24,9 @@ import pytest
 from emnist_jax.cnn import TrainConfig, n_params, train_and_evaluate
 from emnist_jax.cnn.config import BACKEND_DEFAULTS
 from emnist_jax.cnn.model import StudyCNN, initial_params, max_pool_same
-from emnist_jax.cnn.train import (create_state, make_mesh, place_images, replicate, replicate_tree, train_calls,
-                                  zero_sums)
+from emnist_jax.cnn.placement import make_mesh, place_images, replicate, replicate_tree
+from emnist_jax.cnn.programs import train_calls
+from emnist_jax.cnn.steps import create_state, zero_sums
 from emnist_jax.data import Dataset, load, write_mat
 from emnist_jax.data.formats import aligned_empty
 
@@ -192,7 +193,8 @@ def test_a_second_run_with_the_same_config_compiles_nothing_and_gives_the_same_n
 def test_the_study_protocol_trains_on_its_rows_as_on_a_file_of_them(runs, small):
     """Training reads the train file's images through the training rows, and the hold-out set is
     evaluated through its rows: the same numbers as a file holding only those rows, in that order."""
-    from emnist_jax.cnn.train import evaluate, split_for
+    from emnist_jax.cnn.inputs import split_for
+    from emnist_jax.cnn.train import evaluate
 
     study = runs[0]
     train_rows, holdout_rows = split_for(small, CFG)
@@ -221,7 +223,7 @@ def test_study_protocol_splits_67_33_and_reports_both(runs):
 def test_the_study_split_is_sklearns_train_test_split(n, seed):
     from sklearn.model_selection import train_test_split
 
-    from emnist_jax.cnn.train import split_for
+    from emnist_jax.cnn.inputs import split_for
 
     data = SimpleNamespace(train_labels=np.zeros(n))
     ours = split_for(data, TrainConfig(seed=seed))

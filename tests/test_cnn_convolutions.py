@@ -23,7 +23,9 @@ from emnist_jax.cnn import config as config_module
 from emnist_jax.cnn import fused, native, onednn
 from emnist_jax.cnn.config import BACKEND_DEFAULTS, CPU_FUSED, CPU_ONEDNN, ConfigError
 from emnist_jax.cnn.model import conv3x3_xla, max_pool_same
-from emnist_jax.cnn.train import create_state, make_mesh, train_calls, zero_sums
+from emnist_jax.cnn.placement import make_mesh
+from emnist_jax.cnn.programs import train_calls
+from emnist_jax.cnn.steps import create_state, zero_sums
 
 ONEDNN = onednn.available() and jax.default_backend() == "cpu"
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN convolution unavailable here: "

@@ -14,8 +14,8 @@ _HOMES = {
     "StudyCNN": "model", "n_params": "model",
     "CheckpointError": "checkpoints", "CheckpointWarning": "checkpoints",
     "TrainingInterrupted": "interrupts",
-    "EpochMetrics": "train", "Position": "train", "TrainResult": "train", "evaluate": "train", "eval_step": "train",
-    "train_and_evaluate": "train", "train_step": "train",
+    "EpochMetrics": "results", "Position": "results", "TrainResult": "results",
+    "train_step": "steps", "eval_step": "steps", "evaluate": "train", "train_and_evaluate": "train",
 }
 
 __all__ = sorted(_HOMES)
