@@ -42,24 +42,25 @@ _large_block_users = 0
 _lifted: dict[str, int] = {}         # the settings of :func:`setup` that forests have turned off for the while
 
 
-def _mallopt():
-    """glibc's ``mallopt``, or None where there is none (not Linux, not glibc)."""
+def _glibc():
+    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if libc.mallopt and libc.malloc_trim else None
     except (OSError, AttributeError):
         return None
 
 
 def _set(settings: dict[str, int]) -> bool:
     """Apply ``settings`` (name -> value); True where glibc accepted every one."""
-    mallopt = _mallopt()
-    if mallopt is None:
+    libc = _glibc()
+    if libc is None:
         return False
     accepted = True
     for name, value in settings.items():
-        if mallopt(MALLOPT[name], value):
+        if libc.mallopt(MALLOPT[name], value):
             _applied[name] = value
         else:
             accepted = False
@@ -91,7 +92,8 @@ def large_blocks_from_mmap() -> Iterator[None]:
     heaps that fragment: a forest grown 10 trees at a time on 35,000 x 8 pixels still held 910 MB
     resident after it was freed, the resident size growing ~50 MB per chunk. A fixed 1 MiB
     threshold keeps it at what is live. Under :func:`setup`'s settings mmap and trimming are turned
-    back on for the while, and off again after. On exit the threshold is set to 32 MiB, the ceiling
+    back on for the while (and the free heap they kept is handed back first, which large blocks
+    would otherwise reuse), and off again after. On exit the threshold is set to 32 MiB, the ceiling
     of glibc's own adjustment; setting it turns that adjustment off for the rest of the process, so
     later work sees a fixed 32 MiB threshold rather than glibc's moving one. Reference-counted:
     forests on several threads share it.
@@ -102,6 +104,8 @@ def large_blocks_from_mmap() -> Iterator[None]:
         if _large_block_users == 1:
             _lifted.update({name: _applied[name] for name in TUNED if name in _applied})
             _set({**{name: GLIBC_DEFAULTS[name] for name in _lifted}, "M_MMAP_THRESHOLD": LARGE_BLOCK})
+            if _lifted:  # hand back the free heap those settings kept: large blocks come from mmap, not from it
+                _glibc().malloc_trim(0)
     try:
         yield
     finally:

@@ -22,7 +22,7 @@ from emnist_jax.profiles import PROFILES
 
 from test_cnn import write_small
 
-GLIBC = runtime._mallopt() is not None
+GLIBC = runtime._glibc() is not None
 
 #: runs one command line (argv[1]: "report" or "cnn", then its arguments) and prints, as the CNN
 #: starts training, the allocator settings in force, and after it the parameters and test results
