@@ -6,7 +6,7 @@
 Writes ``cpu.json`` (every figure), ``cpu.md`` (the table) and ``cpu.png`` (bar chart) into
 ``--out`` (each written to a temporary name, then renamed). Every measurement runs in a child
 process with the allocator setting of its half (glibc's default malloc or ``mallopt`` tuned,
-:mod:`emnist_jax.cnn.malloc`; process-wide, hence the children): the fp32 matrix peak through
+:func:`emnist_jax.runtime.tune_malloc`; process-wide, hence the children): the fp32 matrix peak through
 ``jnp.dot``, each JAX variant, PyTorch eager (channels_last, its default threads) and
 ``torch.compile`` (default mode; skipped with a note when it fails or takes longer than
 ``--compile-timeout``). Training images/s include the Adam step; evaluation is forward + argmax.
@@ -326,7 +326,7 @@ def interleaved(args, malloc: str) -> list[dict]:
 def child(args) -> None:
     malloc = False
     if args.malloc == "tuned":
-        from emnist_jax.cnn.malloc import tune_malloc
+        from emnist_jax.runtime import tune_malloc
 
         malloc = tune_malloc()
     if args.child.startswith("serve-"):
@@ -617,7 +617,7 @@ def main() -> None:
         "versions": versions(),
         "malloc_settings": settings,
         "malloc_meaning": {"default": "glibc's defaults", "tuned": "mallopt(M_MMAP_MAX, 0), "
-                           "mallopt(M_TRIM_THRESHOLD, 1 GiB) in every child (emnist_jax.cnn.malloc.tune_malloc)"},
+                           "mallopt(M_TRIM_THRESHOLD, 1 GiB) in every child (emnist_jax.runtime.tune_malloc)"},
         "mflop_per_image": {"train": TRAIN_MFLOP, "eval": FORWARD_MFLOP},
         "matmul_peak_gflops": peaks,
         "seconds_per_variant": args.seconds,

@@ -239,11 +239,14 @@ def check_platforms(environ: dict | None = None) -> None:
 
 
 def setup(device: str | None, compilation_cache: bool = True) -> None:
-    """What every command line does first: join a multi-process run if the environment describes
-    one, pick the platform, and turn JAX's persistent compilation cache on (or off: ``--no-compilation-
-    cache``; :mod:`emnist_jax.compilation_cache`). Raises :class:`DeviceError` saying what was wrong."""
+    """What every command line does first: apply the process settings (:func:`emnist_jax.runtime.setup`),
+    join a multi-process run if the environment describes one, pick the platform, and turn JAX's
+    persistent compilation cache on (or off: ``--no-compilation-cache``; :mod:`emnist_jax.compilation_cache`).
+    Raises :class:`DeviceError` saying what was wrong."""
     from emnist_jax import compilation_cache as cache
+    from emnist_jax import runtime
 
+    runtime.setup()  # first: the allocator settings hold for every block JAX and the data take
     initialize_distributed()
     try:
         use_platform(device)

@@ -67,7 +67,7 @@ SPIN = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 1
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="running workers are read from /proc")
 @pytest.mark.parametrize("depth", ["child", "grandchild"])
 def test_cpu_seconds_count_workers_that_still_run_and_those_that_ended(depth):
-    from emnist_jax.report.runner import usage
+    from emnist_jax.report.usage import usage
 
     before = usage()[0]
     command = [sys.executable, "-c", SPIN]

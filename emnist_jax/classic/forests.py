@@ -4,19 +4,20 @@ Memory and cores (35,000 training rows, 62 classes): one fully grown forest of 1
 ~1.3 GB of node arrays, so forests are grown, scored and dropped a few trees at a time
 (:func:`forest_accuracy`), with results identical to one ordinary fit; and the forests of a study
 grow side by side, one core each (:func:`grow_forests`), so no core waits for the slowest tree
-of a batch. While they grow, glibc serves large blocks with mmap (:func:`_large_blocks_from_mmap`),
-so that a dropped tree's memory goes back.
+of a batch. While they grow, glibc serves large blocks with mmap
+(:func:`emnist_jax.runtime.large_blocks_from_mmap`), so that a dropped tree's memory goes back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import warnings
 from typing import Callable
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
+
+from emnist_jax.runtime import large_blocks_from_mmap
 
 
 #: trees grown and scored at a time: one forest of 100 fully grown trees on 35,000 rows x 62
@@ -26,50 +27,6 @@ FOREST_CHUNK = 10
 #: trees held at once by all the forests growing side by side (:func:`grow_forests`): ~10-22 MB
 #: each at 35,000 rows x 62 classes (more on PCA scores than on pixels)
 TREES_IN_MEMORY = 10
-
-
-M_MMAP_THRESHOLD = -3            # glibc mallopt parameter
-_mmap_lock = threading.Lock()    # forests on several threads share the one process-wide setting
-_mmap_users = 0
-LARGE_BLOCK = 1 << 20            # blocks from mmap while forests grow
-GLIBC_MMAP_THRESHOLD_MAX = 32 << 20  # where glibc's own dynamic threshold ends up on 64-bit
-
-
-@contextlib.contextmanager
-def _large_blocks_from_mmap():
-    """While forests grow, serve blocks of 1 MiB and more with mmap, so that a dropped tree's memory goes back (glibc).
-
-    glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), after which
-    a tree's node arrays (~2-19 MB each) and its class probabilities (7 MB) come from per-thread
-    heaps that fragment: a forest grown 10 trees at a time on 35,000 x 8 pixels still held 910 MB
-    resident after it was freed, the resident size growing ~50 MB per chunk. A fixed 1 MiB
-    threshold keeps it at what is live. On exit the threshold is set to 32 MiB, the ceiling of glibc's
-    own adjustment; setting it turns that adjustment off for the rest of the process, so later work
-    (the CNN's scratch buffers) sees a fixed 32 MiB threshold rather than glibc's moving one.
-    Process-wide; elsewhere than Linux with glibc it does nothing.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    global _mmap_users
-    mallopt = None
-    if sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-        except (OSError, AttributeError):
-            mallopt = None
-    with _mmap_lock:
-        _mmap_users += 1
-        if mallopt is not None and _mmap_users == 1:
-            mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
-    try:
-        yield
-    finally:
-        with _mmap_lock:
-            _mmap_users -= 1
-            if mallopt is not None and _mmap_users == 0:
-                mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
 
 
 def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_estimators: int,
@@ -93,7 +50,7 @@ def forest_predict_proba(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
     X_test = np.ascontiguousarray(X_test, dtype=np.float32)  # what the forest hands its trees
     proba = None
     grown = 0
-    with _large_blocks_from_mmap(), ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:
+    with large_blocks_from_mmap(), ThreadPoolExecutor(max(1, min(chunk, effective_n_jobs(n_jobs)))) as pool:
         while grown < n_estimators:
             if stop is not None and stop.is_set():
                 raise ForestsStopped
@@ -144,7 +101,7 @@ def grow_forests(fits: list[Callable[..., float]], n_jobs: int | None, done: Cal
     results: list[float | None] = [None] * len(fits)
     # sklearn's fits enter warnings.catch_warnings, which is process-wide before Python 3.14: forests
     # fitting at once can leave each other's filters behind, so the caller's are put back at the end.
-    with warnings.catch_warnings(), _large_blocks_from_mmap(), \
+    with warnings.catch_warnings(), large_blocks_from_mmap(), \
             ThreadPoolExecutor(workers, thread_name_prefix="forest") as pool:
         pending = {pool.submit(fit, chunk=chunk, stop=stop): i for i, fit in enumerate(fits)}
         try:

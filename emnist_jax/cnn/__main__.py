@@ -20,12 +20,12 @@ import argparse
 import dataclasses
 import os
 import shlex
-import signal
 import sys
-import threading
 import warnings
 
 from emnist_jax.cnn.config import ConfigError, TrainConfig
+from emnist_jax.runtime import stop_signals_as_interrupt
+
 
 def _option_type(field: dataclasses.Field) -> type:
     """int, float or str: what the command line parses a field's value as (``int | None`` is int)."""
@@ -113,14 +113,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-#: Signals that stop a run like Ctrl-C: SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def _stop_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def interrupted_line(stop, argv: list[str], workdir: str | None) -> str:
     """The one line after an interrupt: where the run stopped (``stop``: a TrainingInterrupted, or
     None before training started) and how to continue it."""
@@ -149,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)
     except ConfigError as error:
         return _fail(f"--{error.field.replace('_', '-')} {error.problem}")
-    stops = [signum for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread()]
-    previous = {signum: signal.signal(signum, _stop_as_interrupt) for signum in stops}
     try:
-        with warnings.catch_warnings():
+        with stop_signals_as_interrupt(), warnings.catch_warnings():
             warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
             return _run(args, argv, config)
     except KeyboardInterrupt as stop:
@@ -164,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:  # after SIGHUP the terminal may be gone: the checkpoint is what matters
             pass
         return 130
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
@@ -175,18 +162,16 @@ def _run(args: argparse.Namespace, argv: list[str], config: TrainConfig) -> int:
     shortfall = memory_shortfall()  # before JAX starts: below it, JAX's runtime aborts or hangs
     if shortfall:
         return _fail(shortfall)
-    try:  # before anything touches a JAX backend
+    try:  # before anything touches a JAX backend; applies the process settings (emnist_jax.runtime)
         devices.setup(args.device, compilation_cache=not args.no_compilation_cache)
     except devices.DeviceError as error:
         return _fail(str(error))
 
     import jax
 
-    from emnist_jax.cnn.malloc import tune_malloc
     from emnist_jax.cnn.train import train_and_evaluate
     from emnist_jax.data import EmnistDataError, load
 
-    tune_malloc()
     try:
         dataset = load(args.data, args.split)
         shortfall = memory_shortfall(data_bytes=sum(getattr(dataset, f"{part}_{kind}").nbytes

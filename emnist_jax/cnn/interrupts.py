@@ -13,8 +13,7 @@ import contextlib
 import signal
 import threading
 
-#: SIGHUP is what a closed terminal or ssh connection sends: the same stop, with a checkpoint.
-SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+from emnist_jax.runtime import SIGNALS
 
 
 class TrainingInterrupted(KeyboardInterrupt):

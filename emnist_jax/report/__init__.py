@@ -10,6 +10,7 @@ Runs the stages data, mi, rf, pca, logreg and cnn, times each, and writes ``inde
 
 - ``cli``: parse and validate the command line, then ``runner.run``.
 - ``runner``: load, run or reuse each stage, write, swap in; exit codes.
+- ``usage``: the CPU seconds and peak memory a stage's log line and metrics.json show.
 - ``stages``: one function per stage, data + profile in, a result out (the math is in the study modules).
 - ``sections``: each stage's text, captioned tables and figures, from its result.
 - ``comparison``: the table of the original study's numbers beside this run's.

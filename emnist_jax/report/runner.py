@@ -11,17 +11,23 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emnist_jax.profiles import Profile
+from emnist_jax.report.usage import usage
+from emnist_jax.runtime import stop_signals_as_interrupt
+
+if TYPE_CHECKING:
+    from emnist_jax.data import Dataset
+    from emnist_jax.report.output import Staging
+    from emnist_jax.report.stages import Inputs
+    from emnist_jax.report.store import StageResult, Store
 
 STAGE_NAMES = ("data", "mi", "rf", "pca", "logreg", "cnn")
-#: a closed terminal or ssh connection (SIGHUP) and ``kill`` (SIGTERM) end a run like Ctrl-C
-TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: metrics.json keys that hold measurements (wall clock, CPU, memory); everything else is equal
 #: between an uninterrupted run and a resumed one
 TIMING_KEYS = ("seconds", "total_seconds", "jax_seconds", "eval_seconds", "compile_seconds", "images_per_second",
@@ -51,52 +57,6 @@ class Log:
         print(f"[{time.perf_counter() - self.started:7.1f} s] {message}", flush=True)
 
 
-def usage() -> tuple[float, int]:
-    """(CPU seconds of this process and of its worker processes, this process's peak resident bytes).
-
-    The CPU seconds over a stage's wall seconds say how many cores it kept busy, so a log shows
-    what more cores would buy. Workers count whether they have ended (``RUSAGE_CHILDREN``) or
-    still run (joblib's reusable workers: read from ``/proc`` where there is one); (0.0, 0) where
-    the ``resource`` module is missing (Windows).
-    """
-    try:
-        import resource
-    except ImportError:
-        return 0.0, 0
-    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + _running_workers_cpu()
-    return cpu, own.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-
-
-def _running_workers_cpu() -> float:
-    """CPU seconds of this process's descendants that have not been waited for, with those of the
-    processes they have reaped themselves (Linux; else 0)."""
-    children: dict[int, list[int]] = {}
-    seconds: dict[int, float] = {}
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        names = [name for name in os.listdir("/proc") if name.isdigit()]
-    except (OSError, ValueError, AttributeError):
-        return 0.0
-    for name in names:
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (command)", which may hold spaces
-            parent, used = int(fields[1]), sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-        except (OSError, IndexError, ValueError):
-            continue  # ended meanwhile, or not the layout we know
-        children.setdefault(parent, []).append(int(name))
-        seconds[int(name)] = used / ticks
-    total, todo, seen = 0.0, list(children.get(os.getpid(), [])), set()
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            total += seconds[pid]
-            todo += children.get(pid, [])
-    return total
-
-
 def default_out(source: str, split: str, profile: str) -> Path:
     name = "default" if source == "default" else Path(source).name.replace(".", "-")
     return Path("reports") / f"{name}-{split}-{profile}"
@@ -114,38 +74,6 @@ def _say(message: str) -> None:
 def _error(message: str) -> int:
     _say(f"error: {message}")
     return 2
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM and SIGHUP are handled like Ctrl-C: stop, keep what is stored, exit 130."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in TERMINATING}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT, SIGTERM and SIGHUP while the finished report is swapped in; yields those received."""
-    pending: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *TERMINATING)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
-    try:
-        yield pending
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -188,155 +116,250 @@ def _failed(stage: str, error: Exception, status: dict, staging, held: list | No
     _say(f"           {stage} FAILED: {status[stage][8:]} (traceback in {stage}-error.txt)")
 
 
+@dataclasses.dataclass
+class _Job:
+    """One run as it goes: what it was asked, where it writes, and what each stage gave."""
+
+    options: Options
+    log: Log
+    writer: bool                      # process 0 writes the report; the others only compute
+    current: str = "loading the data"  # what an interrupt interrupts
+    dataset: Dataset | None = None
+    target: Path | None = None
+    key: dict | None = None
+    state_folder: Path | None = None
+    state: Store | None = None        # process 0
+    staging: Staging | None = None    # process 0
+    inputs: Inputs | None = None
+    status: dict = dataclasses.field(default_factory=dict)
+    seconds: dict = dataclasses.field(default_factory=dict)
+    cpu_seconds: dict = dataclasses.field(default_factory=dict)
+    sections: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
+    resumed: list = dataclasses.field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        return [s for s, v in self.status.items() if v.startswith("failed")]
+
+
 def run(options: Options) -> int:
-    with _terminate_as_interrupt():
+    with stop_signals_as_interrupt():
         return _run(options)
 
 
 def _run(options: Options) -> int:
     import jax
 
-    from emnist_jax.data import EmnistDataError, load
+    from emnist_jax.data import EmnistDataError
     from emnist_jax.report import output, store
-    from emnist_jax.report.comparison import comparison
-    from emnist_jax.report.sections import SECTIONS
-    from emnist_jax.report.stages import STAGES, Inputs, describe
-    from emnist_jax.report.writers import environment, write_documents, write_metrics
 
-    log = Log()
-    writer = jax.process_index() == 0
-    profile = options.profile
-    state = staging = None
-    current = "loading the data"
+    job = _Job(options, Log(), writer=jax.process_index() == 0)
     try:
         try:
-            if options.out is not None:
-                output.check_target(options.out)  # before minutes of loading
-            log(f"loading {options.data} ...")
-            dataset = load(options.data, options.split)
-            target = output.check_target(options.out or default_out(options.data, dataset.split, profile.name))
-            current = "setup"
-            key = store.run_key(store.fingerprint(dataset), profile)
-            state_folder = target.parent / f".{target.name}.state"
-            if writer:
-                output.clean_stale(target.parent, log)
-                state = store.Store(state_folder, key, options.resume, log)
-                staging = output.Staging(target)
+            _prepare(job)
         except (EmnistDataError, output.OutputError, store.StateError) as error:
             return _error(str(error))
-        if jax.process_count() > 1:
-            # Process 0 has set up (or cleared) the state folder that holds the CNN's shared
-            # checkpoints; nobody may touch it before that.
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("emnist_jax.report: state folder ready")
-        inputs = Inputs(dataset, profile, cnn_workdir=state_folder / "cnn", resume=options.resume,
-                        on_epoch=lambda e: log(f"cnn {e}"))
-        kind = "SYNTHETIC embedded default" if dataset.synthetic else "EMNIST"
-        log(f"{kind} {dataset.split}: {len(dataset.train_labels):,} train, {len(dataset.test_labels):,} test; "
-            f"profile {profile.name}, seed {profile.classic.seed}; "
-            + (f"writing {target}" if writer else f"process {jax.process_index()} of {jax.process_count()}: "
-               "runs every stage beside process 0 (the CNN together with it); process 0 writes the report"))
-        status, seconds, cpu_seconds, sections, metrics, resumed = {}, {}, {}, {}, {}, []
+        _state_folder_ready()
+        _announce(job)
         for stage in STAGE_NAMES:
-            # Every process runs every stage, so all reach the CNN's collectives together instead of
-            # waiting in them while process 0 runs minutes of scikit-learn; a stage that process 0
-            # reuses from its store (--resume, read from the shared folder) the others skip too.
-            if stage not in options.only or (not writer and options.resume
-                                             and store.Store.finished(state_folder, key, stage)):
-                status[stage] = "skipped"
-                continue
-            current = stage
-            started, cpu_started = time.perf_counter(), usage()[0]
-            result = state.load(stage, log) if (state and options.resume) else None
-            if result is not None:
-                resumed.append(stage)
-                log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
-            else:
-                log(f"{stage}: {describe(stage, inputs)}")
-                held: list = []
-                try:
-                    with _library_log_held(held):
-                        result = STAGES[stage](inputs)
-                    result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
-                except Exception as error:  # a failed stage is reported; the others still run
-                    _failed(stage, error, status, staging, held)
-                    cpu_seconds[stage] = usage()[0] - cpu_started
-                else:
-                    result.seconds = time.perf_counter() - started
-                    result.cpu_seconds = usage()[0] - cpu_started
-                    if state:
-                        state.save(stage, result)  # an OSError here (a full disk) ends the run: exit 2
-            if stage not in status:
-                metrics.update(result.metrics)
-                drawn, cpu_drawn = time.perf_counter(), usage()[0]
-                try:
-                    if writer:
-                        sections[stage] = SECTIONS[stage](result, inputs, staging.folder)
-                    status[stage] = "ok"
-                except OSError:
-                    raise  # cannot write the figures: ends the run, exit 2
-                except Exception as error:
-                    _failed(stage, error, status, staging)
-                seconds[stage] = result.seconds + time.perf_counter() - drawn  # the work and its figures
-                cpu_seconds[stage] = (None if result.cpu_seconds is None  # stored by a version without it
-                                      else result.cpu_seconds + usage()[0] - cpu_drawn)
-            else:
-                seconds[stage] = time.perf_counter() - started
-            cpu, peak = usage()
-            wall = time.perf_counter() - started
-            cores = (cpu - cpu_started) / max(wall, 1e-9)
-            log(f"{stage} {status[stage].split(':')[0]} in {wall:.1f} s"
-                + (f" (stored result; it took {seconds[stage]:.1f} s)" if stage in resumed else
-                   f" (CPU {cpu - cpu_started:,.0f} s: {cores:.1f} cores busy; peak memory so far "
-                   f"{peak / 2**30:.2f} GiB)" if peak else ""))
-        current = "writing the report"
-        if not writer:
-            return 1 if any(v.startswith("failed") for v in status.values()) else 0
-        from emnist_jax import plots
-
-        plots.save(plots.stage_times(seconds, status), staging.folder / "timings.png")
-        d = dataset
-        metrics = {
-            "schema_version": 1, "command": options.command, "profile": profile.name, "seed": profile.classic.seed,
-            "stages": status, "seconds": seconds, "total_seconds": time.perf_counter() - log.started,
-            "cpu_seconds": cpu_seconds, "peak_memory_bytes": usage()[1],
-            "resumed_stages": resumed,
-            "dataset": {"source": d.source, "split": d.split, "synthetic": d.synthetic, "n_train": len(d.train_labels),
-                        "n_test": len(d.test_labels), "n_classes": d.n_classes, "classes": list(d.classes)},
-            "environment": environment(), **metrics}
-        metrics = store.jsonable(metrics)
-        write_metrics(staging.folder, metrics)
-        failed_sections = [{"id": s, "title": s, "status": status[s], "text": [], "tables": [], "figures": []}
-                           for s in STAGE_NAMES if s not in sections and status[s].startswith("failed")]
-        write_documents(staging.folder, {
-            "metrics": metrics, "status": status, "seconds": seconds, "command": options.command,
-            "profile": profile.name, "split": d.split, "synthetic": d.synthetic,
-            "sections": [dict(sections[s], id=s, status=status[s]) for s in STAGE_NAMES if s in sections]
-            + failed_sections, "comparison": comparison(metrics)})
-        with _signals_deferred() as pending:
-            staging.commit()
-            state.remove()
-        if pending:
-            _say(f"interrupted while writing; the report is complete in {target}")
+            _stage(job, stage)
+        job.current = "writing the report"
+        if not job.writer:
+            return 1 if job.failed else 0
+        if _write_report(job):
+            _say(f"interrupted while writing; the report is complete in {job.target}")
             return 130
     except KeyboardInterrupt as interrupt:
-        where = f"stage {current}" if current in STAGE_NAMES else current
-        if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
-            where += f" (CNN epoch {interrupt.epoch}, step {interrupt.step}, checkpoint saved)"
-        hint = "; rerun with --resume to continue" if state else "; nothing was written"
-        _say(f"interrupted during {where}{hint}")
-        return 130
+        return _interrupted(job, interrupt)
     except output.OutputError as error:
         return _error(f"{error}; the finished stages are stored: rerun with --resume once --out is free")
     except OSError as error:
         where = getattr(error, "filename", None) or options.out
         return _error(f"cannot write the report: {error.strerror or error} ({where})")
     finally:
-        if staging:
-            staging.discard()  # nothing left once committed
-        if state:
-            state.release()
-    failed = [s for s, v in status.items() if v.startswith("failed")]
-    log(f"wrote {target}/index.html" + (f"; FAILED stages: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+        if job.staging:
+            job.staging.discard()  # nothing left once committed
+        if job.state:
+            job.state.release()
+    job.log(f"wrote {job.target}/index.html" + (f"; FAILED stages: {', '.join(job.failed)}" if job.failed else ""))
+    return 1 if job.failed else 0
+
+
+def _prepare(job: _Job) -> None:
+    """Load the data, check ``--out``, and (process 0) open the stored state and the staging folder."""
+    from emnist_jax.data import load
+    from emnist_jax.report import output, store
+    from emnist_jax.report.stages import Inputs
+
+    options, log = job.options, job.log
+    if options.out is not None:
+        output.check_target(options.out)  # before minutes of loading
+    log(f"loading {options.data} ...")
+    job.dataset = load(options.data, options.split)
+    job.target = output.check_target(options.out or default_out(options.data, job.dataset.split,
+                                                                options.profile.name))
+    job.current = "setup"
+    job.key = store.run_key(store.fingerprint(job.dataset), options.profile)
+    job.state_folder = job.target.parent / f".{job.target.name}.state"
+    if job.writer:
+        output.clean_stale(job.target.parent, log)
+        job.state = store.Store(job.state_folder, job.key, options.resume, log)
+        job.staging = output.Staging(job.target)
+    job.inputs = Inputs(job.dataset, options.profile, cnn_workdir=job.state_folder / "cnn", resume=options.resume,
+                        on_epoch=lambda e: log(f"cnn {e}"))
+
+
+def _state_folder_ready() -> None:
+    """Process 0 has set up (or cleared) the state folder that holds the CNN's shared checkpoints;
+    in a multi-process run nobody may touch it before that."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("emnist_jax.report: state folder ready")
+
+
+def _announce(job: _Job) -> None:
+    import jax
+
+    d, profile = job.dataset, job.options.profile
+    kind = "SYNTHETIC embedded default" if d.synthetic else "EMNIST"
+    job.log(f"{kind} {d.split}: {len(d.train_labels):,} train, {len(d.test_labels):,} test; "
+            f"profile {profile.name}, seed {profile.classic.seed}; "
+            + (f"writing {job.target}" if job.writer else f"process {jax.process_index()} of {jax.process_count()}: "
+               "runs every stage beside process 0 (the CNN together with it); process 0 writes the report"))
+
+
+def _stage(job: _Job, stage: str) -> None:
+    """Run (or reuse) one stage and draw its section; a failure is recorded in ``job.status``."""
+    from emnist_jax.report import store
+
+    options = job.options
+    # Every process runs every stage, so all reach the CNN's collectives together instead of
+    # waiting in them while process 0 runs minutes of scikit-learn; a stage that process 0
+    # reuses from its store (--resume, read from the shared folder) the others skip too.
+    if stage not in options.only or (not job.writer and options.resume
+                                     and store.Store.finished(job.state_folder, job.key, stage)):
+        job.status[stage] = "skipped"
+        return
+    job.current = stage
+    started, cpu_started = time.perf_counter(), usage()[0]
+    result = _stored(job, stage)
+    if result is None:
+        result = _computed(job, stage, started, cpu_started)
+    if result is not None:
+        _draw(job, stage, result)
+    else:
+        job.seconds[stage] = time.perf_counter() - started
+    _log_stage(job, stage, started, cpu_started)
+
+
+def _stored(job: _Job, stage: str) -> StageResult | None:
+    """The stage's result stored by an earlier run (``--resume``), or None."""
+    result = job.state.load(stage, job.log) if (job.state and job.options.resume) else None
+    if result is not None:
+        job.resumed.append(stage)
+        job.log(f"{stage}: stored result of an earlier run ({result.seconds:.1f} s then)")
+    return result
+
+
+def _computed(job: _Job, stage: str, started: float, cpu_started: float) -> StageResult | None:
+    """The stage's result, computed and stored; None when it failed (recorded in ``job.status``)."""
+    from emnist_jax.report import store
+    from emnist_jax.report.stages import STAGES, describe
+
+    job.log(f"{stage}: {describe(stage, job.inputs)}")
+    held: list = []
+    try:
+        with _library_log_held(held):
+            result = STAGES[stage](job.inputs)
+        result.metrics = store.jsonable(result.metrics)  # as a resumed run reads it back
+    except Exception as error:  # a failed stage is reported; the others still run
+        _failed(stage, error, job.status, job.staging, held)
+        job.cpu_seconds[stage] = usage()[0] - cpu_started
+        return None
+    result.seconds = time.perf_counter() - started
+    result.cpu_seconds = usage()[0] - cpu_started
+    if job.state:
+        job.state.save(stage, result)  # an OSError here (a full disk) ends the run: exit 2
+    return result
+
+
+def _draw(job: _Job, stage: str, result: StageResult) -> None:
+    """Take the stage's metrics and (process 0) draw its section; its seconds count the work and its figures."""
+    from emnist_jax.report.sections import SECTIONS
+
+    job.metrics.update(result.metrics)
+    drawn, cpu_drawn = time.perf_counter(), usage()[0]
+    try:
+        if job.writer:
+            job.sections[stage] = SECTIONS[stage](result, job.inputs, job.staging.folder)
+        job.status[stage] = "ok"
+    except OSError:
+        raise  # cannot write the figures: ends the run, exit 2
+    except Exception as error:
+        _failed(stage, error, job.status, job.staging)
+    job.seconds[stage] = result.seconds + time.perf_counter() - drawn
+    job.cpu_seconds[stage] = (None if result.cpu_seconds is None  # stored by a version without it
+                              else result.cpu_seconds + usage()[0] - cpu_drawn)
+
+
+def _log_stage(job: _Job, stage: str, started: float, cpu_started: float) -> None:
+    cpu, peak = usage()
+    wall = time.perf_counter() - started
+    cores = (cpu - cpu_started) / max(wall, 1e-9)
+    job.log(f"{stage} {job.status[stage].split(':')[0]} in {wall:.1f} s"
+            + (f" (stored result; it took {job.seconds[stage]:.1f} s)" if stage in job.resumed else
+               f" (CPU {cpu - cpu_started:,.0f} s: {cores:.1f} cores busy; peak memory so far "
+               f"{peak / 2**30:.2f} GiB)" if peak else ""))
+
+
+def _write_report(job: _Job) -> bool:
+    """Write the figures, metrics.json and the documents, then swap the report in; True when a signal
+    came meanwhile (held until the report was complete)."""
+    from emnist_jax import plots
+    from emnist_jax.cnn.interrupts import DeferredSignals
+    from emnist_jax.report.comparison import comparison
+    from emnist_jax.report.writers import write_documents, write_metrics
+
+    folder = job.staging.folder
+    plots.save(plots.stage_times(job.seconds, job.status), folder / "timings.png")
+    metrics = _metrics_json(job)
+    write_metrics(folder, metrics)
+    failed_sections = [{"id": s, "title": s, "status": job.status[s], "text": [], "tables": [], "figures": []}
+                       for s in STAGE_NAMES if s not in job.sections and job.status[s].startswith("failed")]
+    write_documents(folder, {
+        "metrics": metrics, "status": job.status, "seconds": job.seconds, "command": job.options.command,
+        "profile": job.options.profile.name, "split": job.dataset.split, "synthetic": job.dataset.synthetic,
+        "sections": [dict(job.sections[s], id=s, status=job.status[s]) for s in STAGE_NAMES if s in job.sections]
+        + failed_sections, "comparison": comparison(metrics)})
+    with DeferredSignals() as signals, signals.critical():
+        job.staging.commit()
+        job.state.remove()
+    return signals.received is not None
+
+
+def _metrics_json(job: _Job) -> dict:
+    from emnist_jax.report import store
+    from emnist_jax.report.writers import environment
+
+    d, profile = job.dataset, job.options.profile
+    return store.jsonable({
+        "schema_version": 1, "command": job.options.command, "profile": profile.name, "seed": profile.classic.seed,
+        "stages": job.status, "seconds": job.seconds, "total_seconds": time.perf_counter() - job.log.started,
+        "cpu_seconds": job.cpu_seconds, "peak_memory_bytes": usage()[1],
+        "resumed_stages": job.resumed,
+        "dataset": {"source": d.source, "split": d.split, "synthetic": d.synthetic, "n_train": len(d.train_labels),
+                    "n_test": len(d.test_labels), "n_classes": d.n_classes, "classes": list(d.classes)},
+        "environment": environment(), **job.metrics})
+
+
+def _interrupted(job: _Job, interrupt: KeyboardInterrupt) -> int:
+    where = f"stage {job.current}" if job.current in STAGE_NAMES else job.current
+    if getattr(interrupt, "checkpoint", None):  # the CNN stopped at a checkpoint (TrainingInterrupted)
+        where += f" (CNN epoch {interrupt.epoch}, step {interrupt.step}, checkpoint saved)"
+    hint = "; rerun with --resume to continue" if job.state else "; nothing was written"
+    _say(f"interrupted during {where}{hint}")
+    return 130
