@@ -59,7 +59,7 @@ def test_auto_takes_fused_then_onednn_on_the_cpu_only_where_they_run(monkeypatch
     ("onednn", onednn, "oneDNN not found under /nowhere", 2),
     ("fused", fused, "no C++ compiler (g++ or $CXX) to build fused_conv.cc", 16)])
 def test_forcing_an_extension_where_it_cannot_run_says_why(monkeypatch, impl, module, reason, o):
-    monkeypatch.setattr(module, "_load", lambda: reason)
+    monkeypatch.setattr(module.EXTENSION, "reason", lambda: reason)
     with pytest.raises(ConfigError, match=f"'{impl}' cannot run here: {re.escape(reason)}") as e:
         TrainConfig(conv_impl=impl).resolved("cpu")
     assert e.value.field == "conv_impl"

@@ -260,7 +260,7 @@ def test_auto_takes_the_fused_kernels_only_for_a_target_they_were_measured_fast_
     native.predefined_macros.cache_clear()
     if "__x86_64__" not in native.predefined_macros(tuple(native.compiler()), "x86-64-v2"):
         pytest.skip("an x86-64 target")
-    monkeypatch.setattr(fused, "_load", lambda: pytest.fail("an unmeasured target must not be built by default"))
+    monkeypatch.setattr(fused.EXTENSION, "reason", lambda: pytest.fail("an unmeasured target must not be built by default"))
     assert "has no AVX-512" in fused.not_default_reason()
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # a target choice is not a loss: no warning

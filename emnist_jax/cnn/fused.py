@@ -50,26 +50,11 @@ def build(folder: str | None = None) -> str:
         raise FusedUnavailable(str(e)) from None
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> str | None:
-    """Build, load and register once per process; None on success, else the reason."""
-    return native.load(build, TARGETS, FusedUnavailable, "the fused kernels")
-
-
-def available() -> bool:
-    """True where the fused kernels can run (building them on first call)."""
-    return _load() is None
-
-
-def unavailable_reason() -> str | None:
-    """Why the kernels cannot run here, in one line; None where they can."""
-    return _load()
-
-
-def _require() -> None:
-    reason = _load()
-    if reason is not None:
-        raise FusedUnavailable(reason)
+#: Built, loaded and registered on first use: ``EXTENSION.available()``, ``EXTENSION.reason()``.
+EXTENSION = native.Extension(build, TARGETS, FusedUnavailable, "the fused kernels")
+#: True where the fused kernels can run (building them on first call).
+#: ``available()``: whether they can run here; ``unavailable_reason()``: why not, in one line, or None.
+available, unavailable_reason, _require = EXTENSION.interface()
 
 
 #: The instruction sets on which the kernels were measured faster than the fallback (the slices

@@ -344,3 +344,35 @@ def load(build: Callable[[], str], targets: dict[str, str], unavailable: type[Ex
     except Exception as e:   # not the library we build (a missing symbol), or one that cannot load here
         return f"loading {what} from {path} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+class Extension:
+    """One C++ extension, built, loaded and registered on first use, once per process: ``build`` gives
+    the library's path or raises ``unavailable`` (the extension's own error, one line)."""
+
+    def __init__(self, build: Callable[[], str], targets: dict[str, str], unavailable: type[Exception], what: str):
+        self._args = (build, targets, unavailable, what)
+        self.unavailable = unavailable
+        self._loaded = False
+        self._reason: str | None = None
+
+    def reason(self) -> str | None:
+        """Why the extension cannot run here, in one line; None where it can (loading it first)."""
+        if not self._loaded:
+            self._reason = load(*self._args)
+            self._loaded = True
+        return self._reason
+
+    def available(self) -> bool:
+        return self.reason() is None
+
+    def interface(self) -> tuple[Callable[[], bool], Callable[[], str | None], Callable[[], None]]:
+        """The module-level ``available``, ``unavailable_reason`` and ``require`` of the extension's
+        module (each looks :meth:`reason` up when called, so a test may replace it)."""
+        return (lambda: self.available()), (lambda: self.reason()), (lambda: self.require())
+
+    def require(self) -> None:
+        """Raise the extension's own error, saying why, where it cannot run."""
+        reason = self.reason()
+        if reason is not None:
+            raise self.unavailable(reason)

@@ -71,25 +71,10 @@ def build(folder: str | None = None) -> str:
         raise OnednnUnavailable(str(e)) from None
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> str | None:
-    """Build, load and register once per process; None on success, else the reason."""
-    return native.load(build, TARGETS, OnednnUnavailable, "the oneDNN extension")
-
-
-def available() -> bool:
-    """True where the oneDNN convolution can run (building it on first call)."""
-    return _load() is None
-
-
-def unavailable_reason() -> str | None:
-    return _load()
-
-
-def _require() -> None:
-    reason = _load()
-    if reason is not None:
-        raise OnednnUnavailable(reason)
+#: Built, loaded and registered on first use: ``EXTENSION.available()``, ``EXTENSION.reason()``.
+EXTENSION = native.Extension(build, TARGETS, OnednnUnavailable, "the oneDNN extension")
+#: ``available()``: whether it can run here; ``unavailable_reason()``: why not, in one line, or None.
+available, unavailable_reason, _require = EXTENSION.interface()
 
 
 def _forward(x, w, b, slope: float):
