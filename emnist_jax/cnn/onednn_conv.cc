@@ -104,46 +104,41 @@ T& Cached(const Shape& s, float slope, T (*make)(const Shape&, float)) {
   return *entry;
 }
 
+// The primitive and, where its weight layout is not HWIO, the reorder between the two: into the
+// primitive's layout (`into`), or out of it (the weight gradient).
+template <typename Result, typename Primitive, typename Desc>
+Result WithWeights(const Desc& pd, const Shape& s, const memory::desc& layout, bool into) {
+  auto user = s.weights(tag::hwio);
+  bool reorder = layout != user;
+  dnnl::reorder r;
+  if (reorder)
+    r = dnnl::reorder(into ? dnnl::reorder::primitive_desc(Engine(), user, Engine(), layout)
+                           : dnnl::reorder::primitive_desc(Engine(), layout, Engine(), user));
+  return {Primitive(pd), layout, r, reorder};
+}
+
 Forward MakeForward(const Shape& s, float slope) {
   auto pd = ForwardDesc(s, slope);
-  auto user = s.weights(tag::hwio);
-  bool reorder = pd.weights_desc() != user;
-  dnnl::reorder r;
-  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
-  return {dnnl::convolution_forward(pd), pd.weights_desc(), r, reorder};
+  return WithWeights<Forward, dnnl::convolution_forward>(pd, s, pd.weights_desc(), true);
 }
 
 Forward MakeInference(const Shape& s, float slope) {
   auto pd = ForwardDesc(s, slope, dnnl::prop_kind::forward_inference);
-  auto user = s.weights(tag::hwio);
-  bool reorder = pd.weights_desc() != user;
-  dnnl::reorder r;
-  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
-  return {dnnl::convolution_forward(pd), pd.weights_desc(), r, reorder};
+  return WithWeights<Forward, dnnl::convolution_forward>(pd, s, pd.weights_desc(), true);
 }
 
 BackwardData MakeBackwardData(const Shape& s, float) {
-  auto hint = ForwardDesc(s, 0.f);
   auto pd = dnnl::convolution_backward_data::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, s.src(), s.weights(tag::any), s.dst(), kStrides, kPad,
-      kPad, hint);
-  auto user = s.weights(tag::hwio);
-  bool reorder = pd.weights_desc() != user;
-  dnnl::reorder r;
-  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), pd.weights_desc()));
-  return {dnnl::convolution_backward_data(pd), pd.weights_desc(), r, reorder};
+      kPad, ForwardDesc(s, 0.f));
+  return WithWeights<BackwardData, dnnl::convolution_backward_data>(pd, s, pd.weights_desc(), true);
 }
 
 BackwardWeights MakeBackwardWeights(const Shape& s, float) {
-  auto hint = ForwardDesc(s, 0.f);
   auto pd = dnnl::convolution_backward_weights::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, s.src(), s.weights(tag::any), s.bias(), s.dst(), kStrides,
-      kPad, kPad, hint);
-  auto user = s.weights(tag::hwio);
-  bool reorder = pd.diff_weights_desc() != user;
-  dnnl::reorder r;
-  if (reorder) r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(), user));
-  return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), r, reorder};
+      kPad, kPad, ForwardDesc(s, 0.f));
+  return WithWeights<BackwardWeights, dnnl::convolution_backward_weights>(pd, s, pd.diff_weights_desc(), false);
 }
 
 ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, Shape* s) {
@@ -158,6 +153,17 @@ ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, Shape* s) {
 memory Wrap(const memory::desc& md, const void* data) {
   return memory(md, Engine(), const_cast<void*>(data));
 }
+
+// The weights as primitive `f` reads them: w itself, or w reordered into scratch memory.
+template <typename P>
+memory WeightsFor(const P& f, const Shape& s, const float* w, dnnl::stream& stream) {
+  memory weights = Wrap(s.weights(tag::hwio), w);
+  if (!f.reorder) return weights;
+  memory blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
+  f.to_weights.execute(stream, weights, blocked);
+  return blocked;
+}
+
 
 // 2x2/2 max-pool with 'same' padding (a last odd row/column pools alone), one pass over y.
 void MaxPool(const float* y, float* p, int64_t n, int64_t h, int64_t w, int64_t c) {
@@ -225,12 +231,7 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Bu
   try {
     auto& f = Cached<Forward>(s, slope, MakeForward);
     auto& stream = Stream();
-    memory weights = Wrap(s.weights(tag::hwio), w.typed_data());
-    if (f.reorder) {
-      memory blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
-      f.to_weights.execute(stream, weights, blocked);
-      weights = blocked;
-    }
+    memory weights = WeightsFor(f, s, w.typed_data(), stream);
     f.conv.execute(stream, {{DNNL_ARG_SRC, Wrap(s.src(), x.typed_data())},
                             {DNNL_ARG_WEIGHTS, weights},
                             {DNNL_ARG_BIAS, Wrap(s.bias(), b.typed_data())},
@@ -290,12 +291,7 @@ ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, f
   try {
     auto& f = Cached<BackwardData>(s, 0.f, MakeBackwardData);
     auto& stream = Stream();
-    memory weights = Wrap(s.weights(tag::hwio), w.typed_data());
-    if (f.reorder) {
-      memory blocked = Wrap(f.weights, Scratch(f.weights.get_size(), 0));
-      f.to_weights.execute(stream, weights, blocked);
-      weights = blocked;
-    }
+    memory weights = WeightsFor(f, s, w.typed_data(), stream);
     f.conv.execute(stream, {{DNNL_ARG_DIFF_DST, Wrap(s.dst(), dy.typed_data())},
                             {DNNL_ARG_WEIGHTS, weights},
                             {DNNL_ARG_DIFF_SRC, Wrap(s.src(), dx->typed_data())}});
@@ -332,40 +328,16 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("slope")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+namespace {
+using F32 = ffi::Buffer<ffi::F32>;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPoolLeakyBackward, PoolLeakyBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("slope")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// The bindings' shared beginnings: (x, w, b) or (y, p, dp) with the slope, and two buffers.
+auto ThreeBuffersAndSlope() { return ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Attr<float>("slope"); }
+auto TwoBuffers() { return ffi::Ffi::Bind().Arg<F32>().Arg<F32>(); }
+}  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvPoolInference, ConvPoolInference,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("slope")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, ConvBackwardData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, ConvBackwardWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ConvForward, ThreeBuffersAndSlope().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPoolLeakyBackward, PoolLeakyBackward, ThreeBuffersAndSlope().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvPoolInference, ConvPoolInference, ThreeBuffersAndSlope().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, ConvBackwardData, TwoBuffers().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, ConvBackwardWeights, TwoBuffers().Ret<F32>().Ret<F32>());
