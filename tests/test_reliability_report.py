@@ -452,7 +452,7 @@ def signal_in_mi(signum: int):
 
 WAIT_IN_MI = textwrap.dedent("""
     import fcntl, sys, termios, time
-    fcntl.ioctl(1, termios.TIOCSCTTY, 0)  # the terminal on stdout becomes this session's own
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)  # the terminal on stdout becomes this process's controlling terminal
     from emnist_jax.report import cli, sections, stages, store
     stages.STAGES["data"] = lambda inputs: store.StageResult({"class_counts": {"train": [1], "test": [1]}})
     sections.SECTIONS["data"] = lambda result, inputs, folder: {"title": "Data", "text": [], "tables": [],
@@ -480,7 +480,7 @@ def hang_up_in_mi(argv: list[str], work: Path) -> tuple[int, str]:
     except OSError:  # the child ended and the terminal with it
         pass
     finally:
-        os.close(terminal)  # the kernel sends SIGHUP to the session whose terminal this is
+        os.close(terminal)  # the kernel sends SIGHUP to the process this terminal controls
     err = child.communicate(timeout=120)[1]
     return child.returncode, seen.decode(errors="replace") + err
 
