@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import signal
 import sys
 import threading
@@ -42,8 +43,10 @@ _large_block_users = 0
 _lifted: dict[str, int] = {}         # the settings of :func:`setup` that forests have turned off for the while
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
-    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None. Looked up
+    once: ``find_library`` runs ``ldconfig``, and forests set the allocator at every chunk of trees."""
     if not sys.platform.startswith("linux"):
         return None
     try:
