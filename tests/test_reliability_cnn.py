@@ -409,13 +409,13 @@ def test_interrupts_stop_cleanly_and_resume_bit_for_bit(case, small, reference, 
 
         monkeypatch.setattr(Checkpoints, "save", save)
     elif patch == "evaluation":
-        real_eval = train_module.eval_batch
+        real_eval = train_module.eval_calls
 
-        def eval_batch(*args, **kwargs):
+        def eval_calls(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGINT)
             return real_eval(*args, **kwargs)
 
-        monkeypatch.setattr(train_module, "eval_batch", eval_batch)
+        monkeypatch.setattr(train_module, "eval_calls", eval_calls)
     with pytest.raises(TrainingInterrupted) as stop:
         train_and_evaluate(small, CFG, workdir=str(workdir) if with_workdir else None, progress=False,
                            on_call=on_call)

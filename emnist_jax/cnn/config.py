@@ -15,6 +15,14 @@ import numbers
 CONV_IMPLS = ("xla", "slices", "onednn", "fused")
 NATIVE = {"fused": "emnist_jax.cnn.fused", "onednn": "emnist_jax.cnn.onednn"}
 LOOPS = ("scan", "unroll")
+#: The arithmetic of the products (matrix products and convolutions). "default" is JAX's own choice
+#: per backend: full float32 on a CPU, TensorFloat-32 on NVIDIA GPUs from Ampere on, bfloat16
+#: passes on a TPU (docs.jax.dev, 'Matmul precision'). "float32" asks for true float32 everywhere,
+#: "tensorfloat32" for TF32 products; "bfloat16" computes the layers in bfloat16. Parameters, Adam's
+#: state, the loss and the metrics stay float32 under every choice.
+PRECISIONS = ("default", "float32", "tensorfloat32", "bfloat16")
+#: the precisions the CPU extensions (float32 only) do not compute in: "auto" takes an XLA form for them
+REDUCED_PRECISIONS = ("tensorfloat32", "bfloat16")
 PROTOCOLS = ("study", "official")
 MAX_SEED = 2**32 - 1   # sklearn's random_state and a 32-bit PRNG seed both stop here
 
@@ -188,6 +196,11 @@ class TrainConfig:
     grad_chunk: int | None = _field(None, "images per gradient chunk inside a step (0: the whole batch)", "N")
     loop: str | None = _field(None, "run the K steps of a call as one lax.scan or unrolled", choices=LOOPS)
     log_every: int = _field(50, "update the progress bar every N calls (each update waits for the device)", "N")
+    precision: str = _field("default", "arithmetic of the matrix products and convolutions: default (JAX's per "
+                                       "backend: float32 on a CPU, TF32 on recent NVIDIA GPUs), float32, "
+                                       "tensorfloat32 or bfloat16 (layers in bfloat16; parameters, Adam's state "
+                                       "and the loss in float32); the fused and onednn forms compute in float32 "
+                                       "(docs/performance.md, 'Precision')", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         self._as_python_numbers()
@@ -208,6 +221,7 @@ class TrainConfig:
         _int(self.grad_chunk, "grad_chunk", 0, none_ok=True)
         _choice(self.loop, "loop", LOOPS, none_ok=True)
         _int(self.log_every, "log_every", 1)
+        _choice(self.precision, "precision", PRECISIONS)
 
     def _as_python_numbers(self) -> None:
         """numpy scalars (np.int64, np.float32, np.str_) as Python's own values: a checkpoint records
@@ -227,13 +241,18 @@ class TrainConfig:
         """Fill the per-backend choices (:data:`BACKEND_DEFAULTS`) for ``backend`` ("cpu", "gpu",
         "tpu"; default: JAX's default backend). Fields set explicitly are kept. On the CPU, "auto"
         takes the fused kernels (:data:`CPU_FUSED`) where they build, else oneDNN's convolution
-        (:data:`CPU_ONEDNN`) where it is installed, else BACKEND_DEFAULTS["cpu"]; ``"fused"`` or
+        (:data:`CPU_ONEDNN`) where it is installed, else BACKEND_DEFAULTS["cpu"] (always so for the
+        reduced precisions, which those float32 kernels do not compute in); ``"fused"`` or
         ``"onednn"`` where it cannot run is a :class:`ConfigError` saying why."""
         if backend is None:
             import jax
 
             backend = jax.default_backend()
         defaults = BACKEND_DEFAULTS.get(backend, UNKNOWN_BACKEND)
+        reduced = self.precision in REDUCED_PRECISIONS
+        if self.conv_impl in NATIVE and reduced:
+            raise ConfigError("conv_impl", f"{self.conv_impl!r} computes in float32; precision {self.precision!r} "
+                                           "needs one of the XLA forms (xla, slices) or conv_impl auto")
         if self.conv_impl in NATIVE:
             if backend != "cpu":
                 raise ConfigError("conv_impl", f"{self.conv_impl!r} runs on the CPU only, this backend is {backend!r}")
@@ -243,7 +262,7 @@ class TrainConfig:
             if not module.available():
                 raise ConfigError("conv_impl", f"{self.conv_impl!r} cannot run here: {module.unavailable_reason()}")
             defaults = CPU_FUSED if self.conv_impl == "fused" else CPU_ONEDNN
-        elif backend == "cpu" and self.conv_impl == "auto":
+        elif backend == "cpu" and self.conv_impl == "auto" and not reduced:
             reason = fused_not_default_reason()
             if reason is None:
                 defaults = CPU_FUSED
@@ -264,6 +283,7 @@ class TrainConfig:
 
 #: Fields that define a run's numbers; a checkpoint made under other values is another run.
 #: (epochs only says where to stop; eval_batch_size and log_every change no number; the
-#: execution choices conv_impl, steps_per_call and loop change speed and float rounding.)
+#: execution choices conv_impl, steps_per_call, loop and grad_chunk change speed and float rounding;
+#: precision changes the products' rounding, more than rounding order under bfloat16.)
 RUN_FIELDS = ("seed", "batch_size", "protocol", "holdout_fraction", "learning_rate", "b1", "b2", "eps")
-EXECUTION_FIELDS = ("conv_impl", "steps_per_call", "loop", "grad_chunk")
+EXECUTION_FIELDS = ("conv_impl", "steps_per_call", "loop", "grad_chunk", "precision")

@@ -19,9 +19,16 @@ rounding), chosen per backend by measurement (``emnist_jax.cnn.config``):
   call (``emnist_jax.cnn.onednn``).
 Max-pooling is a reshape and a max in the XLA forms (``reduce_window``'s backward pass was half of
 the step time on CPU).
+
+``precision`` (:data:`emnist_jax.cnn.config.PRECISIONS`) sets the arithmetic of the XLA forms'
+products: JAX's default, true float32, TF32, or the layers computed in bfloat16. Parameters are
+float32 under every choice and the logits come out float32, so the loss, the gradients and Adam's
+state stay float32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -50,16 +57,22 @@ def max_pool_same(x: jax.Array) -> jax.Array:
     return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, c).max(axis=(2, 4))
 
 
-def conv3x3_slices(x: jax.Array, kernel: jax.Array) -> jax.Array:
+#: lax's precision argument and the layers' dtype for each ``precision`` setting
+_ARITHMETIC = {"default": (None, jnp.float32), "float32": ("highest", jnp.float32),
+               "tensorfloat32": ("tensorfloat32", jnp.float32), "bfloat16": (None, jnp.bfloat16)}
+
+
+def conv3x3_slices(x: jax.Array, kernel: jax.Array, precision: str | None = None) -> jax.Array:
     """'same' 3x3 convolution as one matmul over the 9 shifted copies of the input."""
     n, h, w, c = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = jnp.concatenate([padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
-    return patches @ kernel.reshape(9 * c, -1)
+    return jnp.matmul(patches, kernel.reshape(9 * c, -1), precision=precision)
 
 
-def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def conv3x3_xla(x: jax.Array, kernel: jax.Array, precision: str | None = None) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=precision)
 
 
 class Conv3x3(nn.Module):
@@ -68,6 +81,7 @@ class Conv3x3(nn.Module):
     features: int
     impl: str = "xla"
     slope: float = 0.1
+    precision: str = "default"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,7 +97,9 @@ class Conv3x3(nn.Module):
             if fused.supports(x.shape[-1], self.features) and x.dtype == kernel.dtype == jnp.float32:
                 return fused.conv3x3_block(x, kernel, bias, self.slope)
         conv = {"xla": conv3x3_xla, "slices": conv3x3_slices, "fused": conv3x3_slices}[self.impl]
-        return max_pool_same(nn.leaky_relu(conv(x, kernel) + bias, negative_slope=self.slope))
+        lax_precision, dtype = _ARITHMETIC[self.precision]
+        x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+        return max_pool_same(nn.leaky_relu(conv(x, kernel, lax_precision) + bias, negative_slope=self.slope))
 
 
 class StudyCNN(nn.Module):
@@ -91,15 +107,18 @@ class StudyCNN(nn.Module):
 
     n_classes: int = 62
     conv_impl: str = "xla"
+    precision: str = "default"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for features in FILTERS:
-            x = Conv3x3(features, impl=self.conv_impl)(x)
+            x = Conv3x3(features, impl=self.conv_impl, precision=self.precision)(x)
         x = x.reshape(x.shape[0], -1)  # flatten H, W, C as Keras does (NHWC)
-        dense = nn.Dense(HIDDEN, kernel_init=nn.initializers.glorot_uniform())(x)
-        x = nn.leaky_relu(dense, negative_slope=0.1)
-        return nn.Dense(self.n_classes, kernel_init=nn.initializers.glorot_uniform())(x)
+        lax_precision, dtype = _ARITHMETIC[self.precision]
+        dense = functools.partial(nn.Dense, kernel_init=nn.initializers.glorot_uniform(), dtype=dtype,
+                                  param_dtype=jnp.float32, precision=lax_precision)
+        x = nn.leaky_relu(dense(HIDDEN)(x), negative_slope=0.1)
+        return dense(self.n_classes)(x).astype(jnp.float32)  # the loss and its gradient in float32
 
 
 def initial_params(model: StudyCNN, seed: int | tuple[int, ...]) -> dict:

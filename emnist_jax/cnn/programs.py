@@ -1,5 +1,6 @@
 """The jitted programs the training loop calls: K training steps per call, an epoch's shuffled
-batches, and one evaluation batch; the batch axis is sharded over the mesh's "data" axis.
+batches, and the evaluation's batches in one forward loop; the batch axis is sharded over the
+mesh's "data" axis.
 
 The batches index the training images on the devices: each epoch's order is a permutation drawn
 with ``jax.random`` from ``(seed, epoch)``, padded with -1 rows that the steps mask out, so the last
@@ -87,3 +88,25 @@ def _eval_batch(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Arr
 #: ``eval_batch(params, images, labels, mask, apply_fn=, mesh=)``: (summed loss of the unmasked
 #: examples, predictions) for one batch, both replicated on the mesh.
 eval_batch = jax.jit(_eval_batch, static_argnames=("apply_fn", "mesh"))
+
+
+def _eval_calls(params: Any, images: jax.Array, labels: jax.Array, rows: jax.Array, apply_fn: Callable,
+                mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    def one_batch(loss: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def forward(loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+            safe = jnp.maximum(rows, 0)
+            batch_loss, predictions = _eval_batch(params, images[safe], labels[safe], (rows >= 0).astype(jnp.float32),
+                                                  apply_fn, mesh)
+            return loss + batch_loss, predictions
+
+        # rows are padded at the end only: a batch whose first row is padding is padding throughout
+        return jax.lax.cond(rows[0] >= 0, forward, lambda loss: (loss, jnp.zeros(rows.shape, jnp.int32)), loss)
+
+    return jax.lax.scan(one_batch, jnp.zeros((), jnp.float32), rows)
+
+
+#: ``eval_calls(params, images, labels, rows, apply_fn=, mesh=)``: the evaluation's batches
+#: ``rows`` ((batches, B) row numbers of the images on the devices, -1 = padding) as one compiled
+#: forward loop: (summed loss, (batches, B) predictions), replicated on the mesh. Batches of
+#: padding only are skipped, so one compiled shape serves sets of every size.
+eval_calls = jax.jit(_eval_calls, static_argnames=("apply_fn", "mesh"))

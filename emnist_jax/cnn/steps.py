@@ -22,10 +22,10 @@ TrainState = train_state.TrainState
 
 
 @functools.lru_cache(maxsize=16)
-def model_for(n_classes: int, conv_impl: str) -> StudyCNN:
+def model_for(n_classes: int, conv_impl: str, precision: str = "default") -> StudyCNN:
     """One model object per setting. The model's ``apply`` and the optimizer are static parts of
     a ``TrainState``: fresh objects per run would make every run compile its programs again."""
-    return StudyCNN(n_classes=n_classes, conv_impl=conv_impl)
+    return StudyCNN(n_classes=n_classes, conv_impl=conv_impl, precision=precision)
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,7 +35,7 @@ def optimizer_for(learning_rate: float, b1: float, b2: float, eps: float) -> opt
 
 def create_state(config: TrainConfig, n_classes: int, seed: int | tuple[int, ...] = 0) -> TrainState:
     """Fresh parameters (Keras' initialisers, from ``seed``) and Adam state; ``config`` must be resolved."""
-    model = model_for(n_classes, config.conv_impl)
+    model = model_for(n_classes, config.conv_impl, config.precision)
     params = jax.tree.map(jnp.asarray, initial_params(model, seed))
     return TrainState.create(apply_fn=model.apply, params=params,
                              tx=optimizer_for(config.learning_rate, config.b1, config.b2, config.eps))

@@ -29,7 +29,7 @@ from emnist_jax.cnn.inputs import Schedule, check_arguments, check_data, schedul
 from emnist_jax.cnn.interrupts import DeferredSignals, _Forced
 from emnist_jax.cnn.model import n_params
 from emnist_jax.cnn.placement import make_mesh, place_images, platform_of, replicate, replicate_tree
-from emnist_jax.cnn.programs import epoch_index, eval_batch, train_calls
+from emnist_jax.cnn.programs import epoch_index, eval_calls, train_calls
 from emnist_jax.cnn.results import EpochMetrics, Position, TrainResult
 from emnist_jax.cnn.safepoints import Run
 from emnist_jax.cnn.steps import TrainState, create_state, zero_sums
@@ -70,8 +70,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainConfig = TrainConfig(), wo
             run = Run(*start, checkpoints, schedule.steps, signals)
             del start  # the run holds the state from here, and its jitted calls donate it
             compile_seconds = _train(run, data, schedule, mesh, progress, on_epoch, on_call)
-            del data  # off the devices before the evaluation's batches arrive (a copy, off a CPU)
-            evaluations = _evaluate_trained(run, dataset, schedule, mesh)
+            evaluations = _evaluate_trained(run, data, dataset, schedule, mesh)
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -220,16 +219,20 @@ def _show(bar: Any, sums: dict) -> None:
 
 # ---- evaluation --------------------------------------------------------------------------------
 
-def _evaluate_trained(run: Run, dataset: Dataset, schedule: Schedule, mesh: Mesh) -> dict[str, Evaluation]:
-    """The trained state on the hold-out rows (study protocol) and the test file; a signal stops it."""
+def _evaluate_trained(run: Run, data: TrainingData, dataset: Dataset, schedule: Schedule,
+                      mesh: Mesh) -> dict[str, Evaluation]:
+    """The trained state on the hold-out rows (study protocol), read from the training images
+    already on the devices, and on the test file, placed once; a signal stops it between calls."""
     batch_size, evaluations = schedule.config.eval_batch_size, {}
     try:
         if len(schedule.holdout_rows):
-            evaluations["holdout"] = evaluate(run.state, dataset.train_images, dataset.train_labels, dataset.classes,
-                                              batch_size, mesh, on_batch=run.check_evaluation,
-                                              rows=schedule.holdout_rows)
+            started = time.perf_counter()
+            loss, predictions = _predict(run.state, data.images, data.labels, schedule.holdout_rows, batch_size, mesh,
+                                         run.check_evaluation)
+            evaluations["holdout"] = summarize(dataset.train_labels[schedule.holdout_rows], predictions, loss,
+                                               dataset.classes, seconds=time.perf_counter() - started)
         evaluations["test"] = evaluate(run.state, dataset.test_images, dataset.test_labels, dataset.classes,
-                                       batch_size, mesh, on_batch=run.check_evaluation)
+                                       batch_size, mesh, on_call=run.check_evaluation)
         run.check_evaluation(at_end=True)
     except _Forced:
         raise run.interrupted(run.saved, during="evaluation") from None
@@ -243,37 +246,57 @@ def eval_batch_for(batch_size: int, n: int) -> int:
     return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
+#: The most images one compiled evaluation call covers: a set takes a few calls (the host
+#: dispatches a few programs, not a batch at a time), and a signal waits for one call at most.
+EVAL_IMAGES_PER_CALL = 65_536
+
+
+def eval_index(rows: np.ndarray, batch_size: int, mesh_size: int) -> np.ndarray:
+    """The (calls, batches, B) image numbers of an evaluation, ``rows`` in order, padded with -1.
+
+    B is :func:`eval_batch_for` rounded to the mesh; batches per call the smaller of
+    :data:`EVAL_IMAGES_PER_CALL` / B and the power of two at or above the batches needed, so the
+    sets of one run share one compiled shape and a small set does not loop over empty batches.
+    """
+    n = len(rows)
+    batch = -(-eval_batch_for(batch_size, n) // mesh_size) * mesh_size
+    batches = max(-(-n // batch), 1)
+    per_call = min(max(EVAL_IMAGES_PER_CALL // batch, 1), 1 << (batches - 1).bit_length())
+    calls = -(-batches // per_call)
+    index = np.full(calls * per_call * batch, -1, np.int32)
+    index[:n] = rows
+    return index.reshape(calls, per_call, batch)
+
+
+def _predict(state: TrainState, images: jax.Array, labels: jax.Array, rows: np.ndarray, batch_size: int,
+             mesh: Mesh, on_call: Callable[[], None] | None) -> tuple[float, np.ndarray]:
+    """(mean loss, predictions) of ``state`` on the images ``rows`` of ``images`` (on the devices)."""
+    losses, predictions = [], []
+    for call_rows in eval_index(rows, batch_size, mesh.size):   # a small int32 transfer per call
+        loss, predicted = eval_calls(state.params, images, labels, replicate(call_rows, mesh), apply_fn=state.apply_fn,
+                                     mesh=mesh)
+        losses.append(loss)   # read back once at the end: no host sync per call
+        predictions.append(predicted)
+        if on_call:
+            on_call()
+    loss = float(np.sum(np.asarray(jax.device_get(losses), np.float64)))
+    return loss / max(len(rows), 1), np.concatenate(jax.device_get(predictions), axis=None)[:len(rows)]
+
+
 def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
              batch_size: int = 1024, mesh: Mesh | None = None,
-             on_batch: Callable[[], None] | None = None, rows: np.ndarray | None = None) -> Evaluation:
-    """Accuracy, loss, per-class accuracy and confusion on (images, labels); fixed-shape batches.
+             on_call: Callable[[], None] | None = None, rows: np.ndarray | None = None) -> Evaluation:
+    """Accuracy, loss, per-class accuracy and confusion on (images, labels), forward only.
 
-    ``rows``, when given, picks the images and labels evaluated (a batch at a time: no copy of the
-    set). Batches larger than the set are cut down (:func:`eval_batch_for`): the same result.
-    ``on_batch`` is called after each batch (the training loop uses it to stop on a signal).
+    The images go to the devices once (on a CPU the array itself where it can, as for training:
+    :func:`~emnist_jax.cnn.placement.place_images`) and their batches of ``batch_size`` run in
+    one compiled loop, a few calls per set. ``rows``, when given, picks the images and labels
+    evaluated. Batches larger than the set are cut down (:func:`eval_batch_for`): the same
+    result. ``on_call`` is called after each call (the training loop stops there on a signal).
     """
     started = time.perf_counter()
     mesh = mesh or make_mesh()
-    if rows is not None:
-        labels = labels[rows]
-    n = len(labels)
-    batch_size = -(-eval_batch_for(batch_size, n) // mesh.size) * mesh.size
-    padded = -(-n // batch_size) * batch_size
-    mask = (np.arange(padded) < n).astype(np.float32)
-    losses, predictions = [], []
-    for start in range(0, padded, batch_size):
-        s = slice(start, start + batch_size)
-        # Only the last batch is padded (a padded copy of the whole set cost 180 MB at ByClass's hold-out)
-        x, y = (images[s] if rows is None else images[rows[s]]), labels[s].astype(np.int32)
-        if len(y) < batch_size:
-            x = np.concatenate([x, np.zeros((batch_size - len(y), *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(batch_size - len(y), np.int32)])
-        batch_loss, batch_pred = eval_batch(state.params, replicate(x, mesh), replicate(y, mesh),
-                                            replicate(mask[s], mesh), apply_fn=state.apply_fn, mesh=mesh)
-        losses.append(batch_loss)   # read back once at the end: no host sync per batch
-        predictions.append(batch_pred)
-        if on_batch:
-            on_batch()
-    loss = float(np.sum(np.asarray(jax.device_get(losses), np.float64)))
-    predictions = np.concatenate(jax.device_get(predictions))[:n]
-    return summarize(labels, predictions, loss / max(n, 1), classes, seconds=time.perf_counter() - started)
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    loss, predictions = _predict(state, place_images(images, mesh), replicate(labels.astype(np.int32), mesh), rows,
+                                 batch_size, mesh, on_call)
+    return summarize(labels[rows], predictions, loss, classes, seconds=time.perf_counter() - started)

@@ -136,7 +136,7 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
         ('cnn.holdout_n', 'int or null', 'hold-out images (study protocol); null under the official protocol'),
         ('cnn.backend', 'string', 'the JAX backend it ran on'),
         ('cnn.devices', 'int', 'devices it ran on, over all processes'),
-        ('cnn.config', 'object', 'the `TrainConfig` that ran, per-backend choices resolved: one key per `TrainConfig` field (`epochs`, `batch_size`, `learning_rate`, `b1`, `b2`, `eps`, `protocol`, `holdout_fraction`, `seed`, `eval_batch_size`, `conv_impl`, `steps_per_call`, `grad_chunk`, `loop`, `log_every`)'),
+        ('cnn.config', 'object', 'the `TrainConfig` that ran, per-backend choices resolved: one key per `TrainConfig` field (`epochs`, `batch_size`, `learning_rate`, `b1`, `b2`, `eps`, `protocol`, `holdout_fraction`, `seed`, `eval_batch_size`, `conv_impl`, `steps_per_call`, `grad_chunk`, `loop`, `log_every`, `precision`)'),
         ('cnn.compile_seconds', 'float', "seconds to trace and compile the training program, before epoch 1 (outside every epoch's time)"),
         ('cnn.test_accuracy', 'float', 'accuracy on the test file'),
         ('cnn.test_loss', 'float', 'mean cross-entropy on the test file'),
