@@ -16,7 +16,9 @@ with a time budget (a part that runs out of it is stopped and recorded as such, 
    (benchmarks/make_byclass_sized.py), under ``/usr/bin/time -v`` where it exists (peak memory):
    the JAX stages on the accelerator, scikit-learn on every CPU core;
 5. JAX mutual information over all 697,932 x 784 pixels, cold and warm;
-6. the CNN's execution variants (convolution form x scan/unroll x steps per call), each a short
+6. the default's run under each explicit precision (float32, tensorfloat32, bfloat16): its
+   training speed and its hold-out and test accuracy beside the default's;
+7. the CNN's execution variants (convolution form x scan/unroll x steps per call), each a short
    official-protocol run, as long as the total budget lasts;
 and writes ``reports/performance/<platform>-<device>.json`` and ``.md``, rewritten after each part,
 so a run stopped by a time limit keeps what it measured.
@@ -50,14 +52,18 @@ SCALES = {
     # rows of the variant runs, rows of the 10-epoch default run, epochs of that run, seconds per part
     "full": dict(variant_rows=300_000, default_rows=BYCLASS_TRAIN, default_epochs=10, mi_rows=BYCLASS_TRAIN,
                  profile="full", byclass_file=True,
-                 budgets={"default": 120, "default_again": 90, "placement": 30, "report": 300, "mi": 30}),
+                 budgets={"default": 120, "default_again": 90, "placement": 30, "report": 300, "mi": 30,
+                          "precision": 150}),
     "tiny": dict(variant_rows=2_048, default_rows=4_096, default_epochs=1, mi_rows=4_096, profile="smoke",
                  byclass_file=False,
-                 budgets={"default": 120, "default_again": 120, "placement": 30, "report": 180, "mi": 30}),
+                 budgets={"default": 120, "default_again": 120, "placement": 30, "report": 180, "mi": 30,
+                          "precision": 120}),
 }
 #: At tiny scale on a CPU, XLA-convolution steps under a scan ran at 18-26 images/s (a --scale tiny dry run):
 #: the dry run keeps one variant of each kind.
 TINY_VARIANTS = [("xla", "unroll", 1), ("slices", "unroll", 4), ("slices", "scan", 8)]
+#: the explicit precisions measured against the default (JAX's own choice: TF32 on recent NVIDIA GPUs)
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 
 
 class OutOfBudget(Exception):
@@ -84,6 +90,26 @@ def measure_variant(dataset, conv: str, loop: str, k: int, rows: int) -> dict:
             "wall_seconds": time.perf_counter() - started}
 
 
+def measure_precisions(dataset, rows: int, epochs: int, deadline: float, measured: list) -> list[dict]:
+    """The default configuration under each of :data:`PRECISIONS`, in this process, while time
+    lasts; each run appended to ``measured`` as it ends, so a part out of time keeps the others."""
+    from emnist_jax.cnn import TrainConfig, train_and_evaluate
+
+    data = tiled(dataset, rows)
+    for precision in PRECISIONS:
+        if time.perf_counter() > deadline:
+            raise OutOfBudget(f"measured {', '.join(m['precision'] for m in measured) or 'none'} in its budget")
+        result = train_and_evaluate(data, TrainConfig(epochs=epochs, precision=precision), progress=False)
+        measured.append({"precision": precision, "conv_impl": result.config.conv_impl, "epochs": epochs,
+                         "compile_seconds": result.compile_seconds,
+                         "training_seconds": sum(h.seconds for h in result.history),
+                         "steady_images_per_second": result.history[-1].images_per_second,
+                         "evaluation_seconds": sum(e.seconds for e in result.evaluations.values()),
+                         "holdout_accuracy": result.evaluations["holdout"].accuracy,
+                         "test_accuracy": result.evaluations["test"].accuracy})
+    return measured
+
+
 def default_run(rows: int, epochs: int) -> dict:
     """The default's run in this process (a child of :func:`measure_default`): its seconds by kind."""
     started = time.perf_counter()
@@ -103,7 +129,7 @@ def default_run(rows: int, epochs: int) -> dict:
                        "batch_size": c.batch_size, "epochs": c.epochs, "protocol": c.protocol},
             "n_train": result.n_train, "wall_seconds": wall, "start_and_data_seconds": data_seconds,
             "compile_seconds": result.compile_seconds, "training_seconds": training,
-            "evaluation_seconds": evaluation,
+            "evaluation_seconds": evaluation, "evaluated_images": sum(e.n for e in result.evaluations.values()),
             "other_seconds": wall - data_seconds - result.compile_seconds - training - evaluation,
             "compilation_cache": {"folder": cache, **compilation_cache.EVENTS},
             "epochs": [dataclasses.asdict(h) for h in result.history],
@@ -230,7 +256,7 @@ def _default_lines(title: str, default: dict) -> list[str]:
             f"Wall {default['wall_seconds']:.1f} s in the process ({default['process_seconds']:.1f} s with its "
             f"start) = start-up and data {default['start_and_data_seconds']:.1f} s + compilation "
             f"{default['compile_seconds']:.1f} s + training {default['training_seconds']:.1f} s + evaluation "
-            f"{default['evaluation_seconds']:.1f} s + the rest (placement, set-up) {default['other_seconds']:.1f} s; "
+            f"{default['evaluation_seconds']:.1f} s ({default['evaluated_images']:,} images) + the rest (placement, set-up) {default['other_seconds']:.1f} s; "
             f"compilation cache: {cache.get('cache_hits', 0)} hits, {cache.get('cache_misses', 0)} misses; "
             f"hold-out accuracy {default['holdout_accuracy']:.4f}, test {default['test_accuracy']:.4f} "
             "(synthetic data, tiled).", "",
@@ -262,6 +288,13 @@ def markdown(results: dict) -> str:
     if mi:
         lines += ["", f"## Mutual information, {mi['rows']:,} x {mi['pixels']} pixels: cold {mi['cold_seconds']:.2f} s, "
                       f"warm {mi['warm_seconds']:.3f} s"]
+    if results.get("precision"):
+        lines += ["", "## Precision (the default's run, each precision asked for explicitly)", "",
+                  "| precision | convolution | compile s | training s | steady images/s | evaluation s | hold-out | test |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['precision']} | {m['conv_impl']} | {m['compile_seconds']:.1f} | {m['training_seconds']:.1f} | "
+                  f"{m['steady_images_per_second']:,.0f} | {m['evaluation_seconds']:.2f} | {m['holdout_accuracy']:.4f} | "
+                  f"{m['test_accuracy']:.4f} |" for m in results["precision"]]
     if results["variants"]:
         lines += ["", "## CNN execution variants (batch 64, official protocol, 2 epochs; steady = epoch 2)", "",
                   "| convolution | loop | steps per call | compile s | epoch 1 s | steady images/s |",
@@ -337,6 +370,9 @@ def main() -> None:
     run_part(results, "report", lambda: measure_report(scale["profile"], scale["byclass_file"], left("report")),
              write_out)
     run_part(results, "mutual_information", lambda: measure_mi(dataset, scale["mi_rows"]), write_out)
+    run_part(results, "precision", lambda: measure_precisions(dataset, scale["default_rows"], scale["default_epochs"],
+                                                              time.perf_counter() + left("precision"),
+                                                              results.setdefault("precision", [])), write_out)
     for conv, loop, k in VARIANTS if args.scale == "full" else TINY_VARIANTS:
         if deadline - time.perf_counter() < 20:
             results["parts"]["variants"] = f"stopped: the budget of {args.budget:.0f} s was spent"
