@@ -200,7 +200,7 @@ class TrainConfig:
                                        "backend: float32 on a CPU, TF32 on recent NVIDIA GPUs), float32, "
                                        "tensorfloat32 or bfloat16 (layers in bfloat16; parameters, Adam's state "
                                        "and the loss in float32); the fused and onednn forms compute in float32 "
-                                       "(docs/performance.md, 'Precision')", choices=PRECISIONS)
+                                       "(docs/performance.md, 'Precision and evaluation')", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         self._as_python_numbers()
