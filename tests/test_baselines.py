@@ -166,6 +166,14 @@ def test_pca_sweep_starts_the_longest_fits_first_and_the_forests_beside_the_jax_
     assert list(sweep.n_components) == [2, 8, 4] and sweep.jax[1] > sweep.jax[0]  # results in the caller's order
 
 
+@pytest.mark.parametrize("cores, rows, workers", [(1, 35_000, 0), (2, 35_000, 1), (2, 9_999, 0), (16, 35_000, 6),
+                                                 (64, 35_000, 24), (256, 35_000, 29)])
+def test_pca_sweep_gives_the_regressions_three_eighths_of_the_cores(cores, rows, workers):
+    from emnist_jax.classic.pca_sweep import _regression_workers
+
+    assert _regression_workers(None, cores, rows, 29) == workers
+
+
 def test_pca_sweep_compiles_one_jax_fit_per_bucket_on_an_accelerator(study_data, monkeypatch):
     import jax
 
