@@ -1,3 +1,5 @@
+import threading
+
 import joblib
 import numpy as np
 import pytest
@@ -131,6 +133,64 @@ def test_pca_sweep_records_every_unconverged_regression(study_data, logreg_worke
                                 logreg_workers=logreg_workers)
     assert not sweep.logreg_converged.any()
     assert active_filters() == filters and warnings._showwarnmsg_impl is show
+
+
+def test_pca_sweep_starts_the_longest_fits_first_and_the_forests_beside_the_jax_fits(study_data, monkeypatch):
+    # On a GPU each JAX fit compiles for seconds: run one after another before the forests (as
+    # once), they held back every forest; and the largest n, the longest fits, started last.
+    from emnist_jax.classic import pca_sweep as sweep_module
+
+    forest_started, regressions, overlapped = threading.Event(), [], []
+    real_forest, real_regression, real_jax = (sweep_module.forest_accuracy, sweep_module.study_logreg_accuracy,
+                                              sweep_module._jax_accuracy)
+
+    def forest(*args, **kwargs):
+        forest_started.set()
+        return real_forest(*args, **kwargs)
+
+    def regression(train, *args):
+        regressions.append(train.shape[1])
+        return real_regression(train, *args)
+
+    def jax_fit(*args, **kwargs):
+        overlapped.append(forest_started.wait(timeout=10))
+        return real_jax(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "forest_accuracy", forest)
+    monkeypatch.setattr(sweep_module, "study_logreg_accuracy", regression)
+    monkeypatch.setattr(sweep_module, "_jax_accuracy", jax_fit)
+    X, y = study_data
+    sweep = pca_sweep(X, y, (2, 8, 4), rf_trees=2, logreg_max_iter=50, n_jobs=2, logreg_workers=0)
+    assert regressions == [8, 4, 2]
+    assert overlapped == [True, True, True]
+    assert list(sweep.n_components) == [2, 8, 4] and sweep.jax[1] > sweep.jax[0]  # results in the caller's order
+
+
+@pytest.mark.parametrize("cores, rows, workers", [(1, 35_000, 0), (2, 35_000, 1), (2, 9_999, 0), (16, 35_000, 6),
+                                                 (64, 35_000, 24), (256, 35_000, 29)])
+def test_pca_sweep_gives_the_regressions_three_eighths_of_the_cores(cores, rows, workers):
+    from emnist_jax.classic.pca_sweep import _regression_workers
+
+    assert _regression_workers(None, cores, rows, 29) == workers
+
+
+def test_pca_sweep_compiles_one_jax_fit_per_bucket_on_an_accelerator(study_data, monkeypatch):
+    import jax
+
+    from emnist_jax.classic import logreg
+    from emnist_jax.classic.pca_sweep import _jax_accuracies
+
+    X, y = study_data
+    X_train, X_test, y_train, y_test = study_split(X.astype(np.float32), y, 0.3, 0)
+    scores = pca.nested_scores(X_train, X_test, (3, 5, 7), "covariance_eigh", 0)
+    with monkeypatch.context() as patch:
+        patch.setattr(jax, "default_backend", lambda: "gpu")
+        logreg._fit_newton.clear_cache()
+        padded = _jax_accuracies(scores, (3, 5, 7), y_train, y_test, threading.Event())
+        assert logreg._fit_newton._cache_size() == 1  # 3, 5 and 7 features: one bucket of 8
+    on_cpu = _jax_accuracies(scores, (3, 5, 7), y_train, y_test, threading.Event())
+    assert logreg._fit_newton._cache_size() == 4  # unpadded: one program per size
+    np.testing.assert_allclose(padded, on_cpu, atol=2 / len(y_test))  # the same optimum, other roundings
 
 
 def test_chunked_forest_is_the_forest(study_data):
