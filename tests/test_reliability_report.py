@@ -533,6 +533,14 @@ def run_case(case: Case, argv: list[str], work: Path, capsys, monkeypatch) -> tu
         return hang_up_in_mi(argv, work)
     if case.how in ("SIGINT", "SIGTERM", "SIGHUP"):
         monkeypatch.setitem(stages.STAGES, "mi", signal_in_mi(getattr(signal, case.how)))
+        # a shell starts a background job with SIGINT ignored, and Python then leaves it so: Ctrl-C
+        # as a terminal delivers it needs Python's own handler
+        if case.how == "SIGINT" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                return in_process(argv, capsys)
+            finally:
+                signal.signal(signal.SIGINT, previous)
         return in_process(argv, capsys)
     if case.how == "locked":
         with open(work / STATE / "lock", "a") as lock:
