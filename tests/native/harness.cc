@@ -3,7 +3,8 @@
 // dx, dw, db, for the direct form (few input channels) and Winograd F(2x2) and F(4x4), on odd sizes,
 // one-pixel sides and tied maxima. Also times each kernel at the study's shapes (--time).
 //
-//   c++ -std=c++17 -O2 -march=native -pthread tests/native/harness.cc -o harness   (any target, g++ or clang++)
+//   c++ -std=c++17 -O3 -march=native -pthread tests/native/harness.cc -o harness   (any target, g++ or clang++;
+//                                              -O3 as the extension is built, for --time)
 //   ./harness                  checks every case; a line per case, exit status 1 where one fails
 //   ./harness --time [N [T]]   ms per call of each kernel, batch N (64), T threads (all)
 //
@@ -247,7 +248,20 @@ int Check() {
                 k.exact ? "exact" : "real", k.blank ? " blank-border" : "", (long long)want.ties, errors[0], errors[1], errors[2],
                 errors[3], errors[4], same ? "" : ", not the same numbers in a second run");
   }
-  std::printf("%s: %d of %zu cases failed\n", failed ? "FAILED" : "passed", failed, sizeof(cases) / sizeof(cases[0]));
+  {  // evaluation keeps the last weights' transform: new weights in the same buffer must not reuse it
+    const Case k{2, 7, 7, 32, 64, 4, false, false};
+    Block x(k, rng);
+    const Dims d{k.n, k.h, k.w, k.c, k.o};
+    std::vector<float> first(x.dp.size()), second(x.dp.size());
+    Forward<4>(&pool, d, x.x.data(), x.w_.data(), x.b.data(), slope, first.data(), nullptr);
+    x.w_[x.w_.size() / 2] += 0.5f;
+    Forward<4>(&pool, d, x.x.data(), x.w_.data(), x.b.data(), slope, second.data(), nullptr);
+    const double error = Error(second, Reference(x, slope).p);
+    const bool ok = error <= 1e-4 && first != second;
+    failed += !ok;
+    std::printf("%s winograd4 evaluation with new weights in the same buffer: p %.1e\n", ok ? "ok  " : "FAIL", error);
+  }
+  std::printf("%s: %d of %zu cases failed\n", failed ? "FAILED" : "passed", failed, sizeof(cases) / sizeof(cases[0]) + 1);
   return failed ? 1 : 0;
 }
 
