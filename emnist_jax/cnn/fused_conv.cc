@@ -93,8 +93,8 @@ inline vf leaky(vf v, float slope) { return v >= 0 ? v : v * slope; }
 // would map and fault in fresh pages every step.
 // 64-byte aligned: a vector load that straddles two cache lines costs two. A handler's calling
 // thread holds kU, kTurned and kPartial across a call; the parts (on every thread, the caller
-// included) use kV and kM, or (direct) kImage and kGradient.
-enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kSlots };
+// included) use kV, kM and kZeros, or (direct) kImage and kGradient.
+enum Slot { kV, kM, kImage, kU, kTurned, kGradient, kPartial, kZeros, kSlots };
 
 struct Buffer64 {
   float* data = nullptr;
@@ -190,12 +190,14 @@ constexpr int kFine = 4;
 // broadcasts and FMAs (~165 GFLOP/s per core alone on the 2-core development machine, against ~125
 // with them read at run time; measured with a throwaway C++ timing harness).
 
-// MR x L*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed
+// MR x L*NV block of C; A(m, k) at A[m * lda + k], or at A[m + k * lda] where kTransposed; C's
+// groups of L columns ldg apart (L: plain row-major)
 template <int MR, int NV, bool kTransposed, bool kAccumulate>
-inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
+inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t ldg,
+                  int64_t K) {
   vf c[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) c[i][j] = kAccumulate ? load(C + i * ldc + L * j) : vf{};
+    for (int j = 0; j < NV; ++j) c[i][j] = kAccumulate ? load(C + i * ldc + ldg * j) : vf{};
   for (int64_t k = 0; k < K; ++k) {
     vf b[NV];
     for (int j = 0; j < NV; ++j) b[j] = load(B + k * ldb + L * j);
@@ -205,35 +207,35 @@ inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, floa
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) store(C + i * ldc + L * j, c[i][j]);
+    for (int j = 0; j < NV; ++j) store(C + i * ldc + ldg * j, c[i][j]);
 }
 
 template <int MR, int NV, bool kTransposed, bool kAccumulate>
-inline void Rows(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
-                 int64_t K) {
+inline void Rows(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t ldg,
+                 int64_t M, int64_t K) {
   const int64_t step = kTransposed ? 1 : lda;
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) Micro<MR, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
+  for (; m + MR <= M; m += MR) Micro<MR, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
   // the rest in as few calls as possible (a row at a time is load-bound): 32 = 5 x 6 + 2, 64 = 10 x 6 + 4
-  for (; m + 4 <= M; m += 4) Micro<4, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
-  for (; m + 2 <= M; m += 2) Micro<2, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
-  for (; m < M; ++m) Micro<1, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, K);
+  for (; m + 4 <= M; m += 4) Micro<4, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
+  for (; m + 2 <= M; m += 2) Micro<2, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
+  for (; m < M; ++m) Micro<1, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
 }
 
-// C (M x N) (+)= A (M x K) B (K x N); N a multiple of L. The micro-kernel's blocking fills the
-// registers: MR x NV accumulators, NV vectors of B and a broadcast of A: 6 x 4 and 12 x 2 (26 of 32),
-// or 6 x 2 and 12 x 1 (15 and 14 of 16).
+// C (M x N) (+)= A (M x K) B (K x N); N a multiple of L; C's groups of L columns ldg apart. The
+// micro-kernel's blocking fills the registers: MR x NV accumulators, NV vectors of B and a broadcast
+// of A: 6 x 4 and 12 x 2 (26 of 32), or 6 x 2 and 12 x 1 (15 and 14 of 16).
 template <bool kTransposed, bool kAccumulate>
 void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
-          int64_t K) {
+          int64_t K, int64_t ldg = L) {
   int64_t n = 0;
   if constexpr (kRegisters >= 32) {
-    for (; n + 4 * L <= N; n += 4 * L) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
-    for (; n + 2 * L <= N; n += 2 * L) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+    for (; n + 4 * L <= N; n += 4 * L) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
+    for (; n + 2 * L <= N; n += 2 * L) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
   } else {
-    for (; n + 2 * L <= N; n += 2 * L) Rows<6, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+    for (; n + 2 * L <= N; n += 2 * L) Rows<6, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
   }
-  for (; n + L <= N; n += L) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n, ldc, M, K);
+  for (; n + L <= N; n += L) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
 }
 
 // ---- Winograd F(m x m, 3 x 3) -------------------------------------------------------------------
@@ -427,18 +429,24 @@ template <int m>
 void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, int64_t end, int64_t rows, float* V) {
   using W = Winograd<m>;
   const int64_t plane = rows * C;
+  // where each element of a tile reads its channels: a pixel, or a row of zeros outside the image
+  // (no test per element and channel group)
+  float* zeros = Sized(Scratch(kZeros), C);
+  std::fill(zeros, zeros + C, 0.f);
   for (int64_t k = 0; k < rows; ++k) {
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
     if (t < end) g.where(t, &i, &r, &q);
+    const float* from[W::E];
+    for (int e = 0; e < W::E; ++e) {
+      const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
+      const bool inside = t < end && row >= 0 && row < g.h && col >= 0 && col < g.w;
+      from[e] = inside ? x + ((i * g.h + row) * g.w + col) * C : zeros;
+    }
     for (int64_t c = 0; c < C; c += L) {
       vf d[W::a][W::a], v[W::a][W::a];
       #pragma GCC unroll 36
-      for (int e = 0; e < W::E; ++e) {
-        const int64_t row = m * r - 1 + e / W::a, col = m * q - 1 + e % W::a;
-        const bool inside = t < end && row >= 0 && row < g.h && col >= 0 && col < g.w;
-        d[e / W::a][e % W::a] = inside ? load(x + ((i * g.h + row) * g.w + col) * C + c) : vf{};
-      }
+      for (int e = 0; e < W::E; ++e) d[e / W::a][e % W::a] = load(from[e] + c);
       InputTile<m>(d, v);
       #pragma GCC unroll 36
       for (int e = 0; e < W::E; ++e) store(V + e * plane + k * C + c, v[e / W::a][e % W::a]);
@@ -461,20 +469,24 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
   const int64_t per_block = W::kBlock, blocks = g.blocks(per_block);
   parts.Run([&](int part) {
     float* V = Sized(Scratch(kV), W::E * W::kBlock * C);
+    // M[tile][O / L][E][L]: the products written so that each output tile's transform reads its E
+    // elements from consecutive memory at fixed offsets (as [E][tile][O], their 36 addresses were
+    // computed at run time and kept on the stack)
     float* M = Sized(Scratch(kM), W::E * W::kBlock * O);
     const auto [first, last] = parts.Range(blocks, part);
     for (int64_t block = first; block < last; ++block) {
       const int64_t t0 = block * per_block, rows = std::min(per_block, g.tiles - t0);  // the last block's products end at the last tile
       InputTransform<m>(x, g, C, t0, g.tiles, per_block, V);
       for (int e = 0; e < W::E; ++e)
-        Gemm<false, false>(V + e * per_block * C, C, U + e * C * O, O, M + e * per_block * O, O, rows, O, C);
+        Gemm<false, false>(V + e * per_block * C, C, U + e * C * O, O, M + e * L, W::E * O, rows, O, C, W::E * L);
       for (int64_t k = 0; k < rows; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
         for (int64_t o = 0; o < O; o += L) {
+          const float* tile = M + (k * O + o) * W::E;  // its E elements of channels o..o+L-1, side by side
           vf mv[W::a][W::a], out[m][m];
           #pragma GCC unroll 36
-          for (int e = 0; e < W::E; ++e) mv[e / W::a][e % W::a] = load(M + (e * per_block + k) * O + o);
+          for (int e = 0; e < W::E; ++e) mv[e / W::a][e % W::a] = load(tile + e * L);
           OutputTile<m>(mv, out);
           const vf bv = load(bias + o);
           #pragma GCC unroll 36
