@@ -215,10 +215,13 @@ inline void Rows(const float* A, int64_t lda, const float* B, int64_t ldb, float
                  int64_t M, int64_t K) {
   const int64_t step = kTransposed ? 1 : lda;
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) Micro<MR, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
+  for (; m + MR <= M; m += MR)
+    Micro<MR, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
   // the rest in as few calls as possible (a row at a time is load-bound): 32 = 5 x 6 + 2, 64 = 10 x 6 + 4
-  for (; m + 4 <= M; m += 4) Micro<4, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
-  for (; m + 2 <= M; m += 2) Micro<2, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
+  for (; m + 4 <= M; m += 4)
+    Micro<4, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
+  for (; m + 2 <= M; m += 2)
+    Micro<2, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
   for (; m < M; ++m) Micro<1, NV, kTransposed, kAccumulate>(A + m * step, lda, B, ldb, C + m * ldc, ldc, ldg, K);
 }
 
@@ -230,12 +233,16 @@ void Gemm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, in
           int64_t K, int64_t ldg = L) {
   int64_t n = 0;
   if constexpr (kRegisters >= 32) {
-    for (; n + 4 * L <= N; n += 4 * L) Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
-    for (; n + 2 * L <= N; n += 2 * L) Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
+    for (; n + 4 * L <= N; n += 4 * L)
+      Rows<6, 4, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
+    for (; n + 2 * L <= N; n += 2 * L)
+      Rows<12, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
   } else {
-    for (; n + 2 * L <= N; n += 2 * L) Rows<6, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
+    for (; n + 2 * L <= N; n += 2 * L)
+      Rows<6, 2, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
   }
-  for (; n + L <= N; n += L) Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
+  for (; n + L <= N; n += L)
+    Rows<12, 1, kTransposed, kAccumulate>(A, lda, B + n, ldb, C + n / L * ldg, ldc, ldg, M, K);
 }
 
 // ---- Winograd F(m x m, 3 x 3) -------------------------------------------------------------------
@@ -466,19 +473,19 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
                      const Geometry& g, int64_t C, int64_t O, float* p, uint8_t* mask) {
   using W = Winograd<m>;
   const float minus_inf = -__builtin_inff();
-  const int64_t per_block = W::kBlock, blocks = g.blocks(per_block);
   parts.Run([&](int part) {
     float* V = Sized(Scratch(kV), W::E * W::kBlock * C);
     // M[tile][O / L][E][L]: the products written so that each output tile's transform reads its E
     // elements from consecutive memory at fixed offsets (as [E][tile][O], their 36 addresses were
     // computed at run time and kept on the stack)
     float* M = Sized(Scratch(kM), W::E * W::kBlock * O);
-    const auto [first, last] = parts.Range(blocks, part);
+    const auto [first, last] = parts.Range(g.blocks(W::kBlock), part);
     for (int64_t block = first; block < last; ++block) {
-      const int64_t t0 = block * per_block, rows = std::min(per_block, g.tiles - t0);  // the last block's products end at the last tile
-      InputTransform<m>(x, g, C, t0, g.tiles, per_block, V);
+      const int64_t t0 = block * W::kBlock;
+      const int64_t rows = std::min(W::kBlock, g.tiles - t0);  // the last block's products end at the last tile
+      InputTransform<m>(x, g, C, t0, g.tiles, W::kBlock, V);
       for (int e = 0; e < W::E; ++e)
-        Gemm<false, false>(V + e * per_block * C, C, U + e * C * O, O, M + e * L, W::E * O, rows, O, C, W::E * L);
+        Gemm<false, false>(V + e * W::kBlock * C, C, U + e * C * O, O, M + e * L, W::E * O, rows, O, C, W::E * L);
       for (int64_t k = 0; k < rows; ++k) {
         int64_t i, r, q;
         g.where(t0 + k, &i, &r, &q);
@@ -499,11 +506,11 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
               if constexpr (!kMask) {
                 // Adding the bias and LeakyReLU are increasing (float rounding included): applied
                 // once, to the maximum of the products, they give the maximum of the activations.
-                const bool rows = 2 * pr + 1 < g.h, cols = 2 * pc + 1 < g.w;  // the window's second row, column
+                const bool down = 2 * pr + 1 < g.h, right = 2 * pc + 1 < g.w;  // the window's second row, column
                 const vf* top = out[2 * wr] + 2 * wc;
                 const vf* bottom = out[2 * wr + 1] + 2 * wc;
-                vf best = cols ? vmax(top[0], top[1]) : top[0];
-                if (rows) best = vmax(best, cols ? vmax(bottom[0], bottom[1]) : bottom[0]);
+                vf best = right ? vmax(top[0], top[1]) : top[0];
+                if (down) best = vmax(best, right ? vmax(bottom[0], bottom[1]) : bottom[0]);
                 store(p + at, leaky(best + bv, slope));
                 continue;
               }
