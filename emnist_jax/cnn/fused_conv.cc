@@ -504,8 +504,9 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
               if (pr >= g.ph || pc >= g.pw) continue;
               const int64_t at = ((i * g.ph + pr) * g.pw + pc) * O + o;
               if constexpr (!kMask) {
-                // Adding the bias and LeakyReLU are increasing (float rounding included): applied
-                // once, to the maximum of the products, they give the maximum of the activations.
+                // Adding a finite bias and LeakyReLU are non-decreasing (float rounding included):
+                // applied once, to the maximum of the products, they give the maximum of the
+                // activations. (An infinite bias can differ: -inf + inf is NaN on the other path.)
                 const bool down = 2 * pr + 1 < g.h, right = 2 * pc + 1 < g.w;  // the window's second row, column
                 const vf* top = out[2 * wr] + 2 * wc;
                 const vf* bottom = out[2 * wr + 1] + 2 * wc;
@@ -935,7 +936,7 @@ struct TransformCache {
     Entry* entry = nullptr;
     for (auto& e : entries)
       if (e.m == m && e.c == C && e.o == O) entry = &e;
-    if (entry && std::memcmp(entry->w.data(), w, n * sizeof(float)) == 0) return entry->U.data;
+    if (entry && (n == 0 || std::memcmp(entry->w.data(), w, n * sizeof(float)) == 0)) return entry->U.data;
     if (!entry) {
       entry = &entries[next];
       next = (next + 1) % 4;

@@ -220,6 +220,8 @@ int Check() {
       {1, 14, 14, 32, 64, 2, true, true}, {2, 5, 7, 16, 32, 2, false, false},
       {3, 7, 5, 16, 48, 4, false, false}, {2, 1, 1, 16, 16, 4, false, false}, {2, 9, 3, 32, 64, 4, false, false},
       {1, 14, 14, 32, 64, 4, false, false}, {1, 13, 14, 16, 16, 4, true, true}, {4, 7, 7, 64, 128, 4, false, false},
+      // F(4x4) over several blocks of tiles (16 or 18 a block), the last one short
+      {5, 7, 7, 32, 48, 4, false, false}, {3, 13, 11, 16, 64, 4, false, false},
   };
   const float slope = 0.1f;
   std::mt19937 rng(7);
@@ -261,7 +263,30 @@ int Check() {
     failed += !ok;
     std::printf("%s winograd4 evaluation with new weights in the same buffer: p %.1e\n", ok ? "ok  " : "FAIL", error);
   }
-  std::printf("%s: %d of %zu cases failed\n", failed ? "FAILED" : "passed", failed, sizeof(cases) / sizeof(cases[0]) + 1);
+  {  // evaluation on two threads at once, each with weights of its own: each keeps its own transform
+    const Case k{3, 7, 7, 32, 64, 4, false, false};
+    const Block a(k, rng), b(k, rng);
+    const Dims d{k.n, k.h, k.w, k.c, k.o};
+    std::vector<float> want_a(a.dp.size()), want_b(b.dp.size());
+    Forward<4>(&pool, d, a.x.data(), a.w_.data(), a.b.data(), slope, want_a.data(), nullptr);
+    Forward<4>(&pool, d, b.x.data(), b.w_.data(), b.b.data(), slope, want_b.data(), nullptr);
+    auto repeat = [&](const Block& x, const std::vector<float>& want, bool* same) {
+      std::vector<float> got(want.size());
+      for (int r = 0; r < 20 && *same; ++r) {
+        Forward<4>(&pool, d, x.x.data(), x.w_.data(), x.b.data(), slope, got.data(), nullptr);
+        *same = got == want;
+      }
+    };
+    bool same_a = true, same_b = true;
+    std::thread other(repeat, std::cref(b), std::cref(want_b), &same_b);
+    repeat(a, want_a, &same_a);
+    other.join();
+    const bool ok = same_a && same_b && want_a != want_b;
+    failed += !ok;
+    std::printf("%s winograd4 evaluation on two threads at once, different weights: %s\n", ok ? "ok  " : "FAIL",
+                ok ? "the same numbers as alone" : "numbers differ from a single caller's");
+  }
+  std::printf("%s: %d of %zu cases failed\n", failed ? "FAILED" : "passed", failed, sizeof(cases) / sizeof(cases[0]) + 2);
   return failed ? 1 : 0;
 }
 
