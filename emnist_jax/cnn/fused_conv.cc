@@ -351,28 +351,30 @@ inline void OutputLine4(const vf* m, int in, vf* out, int step) {
   out[3 * step] = b + 8.f * e + m[5 * in];
 }
 
+// out = T in T^T for a line transform T (P values -> R): T applied down the columns, then along the rows
+template <int R, int P, void (*Line)(const vf*, int, vf*, int)>
+inline void ByLines(const vf (&in)[P][P], vf (&out)[R][R]) {
+  vf t[R][P];
+  for (int q = 0; q < P; ++q) Line(&in[0][q], P, &t[0][q], P);
+  for (int i = 0; i < R; ++i) Line(&t[i][0], 1, &out[i][0], 1);
+}
+
 // v = B^T d B of an input tile
 template <int m>
 inline void InputTile(const vf (&d)[m + 2][m + 2], vf (&v)[m + 2][m + 2]) {
-  if constexpr (m == 4) {
-    vf t[6][6];
-    for (int q = 0; q < 6; ++q) InputLine4(&d[0][q], 6, &t[0][q], 6);
-    for (int i = 0; i < 6; ++i) InputLine4(&t[i][0], 1, &v[i][0], 1);
-  } else {
+  if constexpr (m == 4)
+    ByLines<6, 6, InputLine4>(d, v);
+  else
     Sandwich(Tile<m>::BT, d, Tile<m>::BT, v);
-  }
 }
 
 // y = A^T mv A of a transformed output tile
 template <int m>
 inline void OutputTile(const vf (&mv)[m + 2][m + 2], vf (&y)[m][m]) {
-  if constexpr (m == 4) {
-    vf t[4][6];
-    for (int q = 0; q < 6; ++q) OutputLine4(&mv[0][q], 6, &t[0][q], 6);
-    for (int i = 0; i < 4; ++i) OutputLine4(&t[i][0], 1, &y[i][0], 1);
-  } else {
+  if constexpr (m == 4)
+    ByLines<4, 6, OutputLine4>(mv, y);
+  else
     Sandwich(Tile<m>::AT, mv, Tile<m>::AT, y);
-  }
 }
 
 template <int m>
@@ -430,17 +432,17 @@ void WeightTransform(const Parts& parts, const float* w, int64_t C, int64_t O, b
   });
 }
 
-// V[E][rows][C] = B^T d B of the `rows` input tiles of the block from tile `t0` (zero outside the
-// image and from tile `end` on)
+// V[E][kBlock][C] = B^T d B of the input tiles of the block from tile `t0` (zero outside the image
+// and from tile `end` on)
 template <int m>
-void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, int64_t end, int64_t rows, float* V) {
+void InputTransform(const float* x, const Geometry& g, int64_t C, int64_t t0, int64_t end, float* V) {
   using W = Winograd<m>;
-  const int64_t plane = rows * C;
+  const int64_t plane = W::kBlock * C;
   // where each element of a tile reads its channels: a pixel, or a row of zeros outside the image
   // (no test per element and channel group)
   float* zeros = Sized(Scratch(kZeros), C);
   std::fill(zeros, zeros + C, 0.f);
-  for (int64_t k = 0; k < rows; ++k) {
+  for (int64_t k = 0; k < W::kBlock; ++k) {
     const int64_t t = t0 + k;
     int64_t i = 0, r = 0, q = 0;
     if (t < end) g.where(t, &i, &r, &q);
@@ -483,7 +485,7 @@ void WinogradForward(const Parts& parts, const float* x, const float* U, const f
     for (int64_t block = first; block < last; ++block) {
       const int64_t t0 = block * W::kBlock;
       const int64_t rows = std::min(W::kBlock, g.tiles - t0);  // the last block's products end at the last tile
-      InputTransform<m>(x, g, C, t0, g.tiles, W::kBlock, V);
+      InputTransform<m>(x, g, C, t0, g.tiles, V);
       for (int e = 0; e < W::E; ++e)
         Gemm<false, false>(V + e * W::kBlock * C, C, U + e * C * O, O, M + e * L, W::E * O, rows, O, C, W::E * L);
       for (int64_t k = 0; k < rows; ++k) {
@@ -582,7 +584,7 @@ void WinogradBackward(const Parts& parts, const float* x, const float* UT, const
     std::fill(dx + first_image * g.h * g.w * C, dx + last_image * g.h * g.w * C, 0.f);
     const int64_t end = last_image * per_image;
     for (int64_t t0 = first_image * per_image; t0 < end; t0 += W::kBlock) {
-      InputTransform<m>(x, g, C, t0, end, W::kBlock, V);
+      InputTransform<m>(x, g, C, t0, end, V);
       for (int64_t k = 0; k < W::kBlock; ++k) {
         const int64_t t = t0 + k;
         int64_t i = 0, r = 0, q = 0;
@@ -927,8 +929,9 @@ struct TransformCache {
     std::vector<float> w;
     Buffer64 U;  // 64-byte aligned as the products' loads want it
   };
-  Entry entries[4];  // one per (m, C, O): the network has two such layers
-  int next = 0;      // the entry a new shape takes
+  static constexpr int kEntries = 4;  // one per (m, C, O): the network has two such layers
+  Entry entries[kEntries];
+  int next = 0;  // the entry a new shape takes
 
   template <int m>
   const float* Get(const Parts& parts, const float* w, int64_t C, int64_t O) {
@@ -939,7 +942,7 @@ struct TransformCache {
     if (entry && (n == 0 || std::memcmp(entry->w.data(), w, n * sizeof(float)) == 0)) return entry->U.data;
     if (!entry) {
       entry = &entries[next];
-      next = (next + 1) % 4;
+      next = (next + 1) % kEntries;
     }
     entry->m = 0;  // unusable until filled again: what follows may throw
     entry->c = C, entry->o = O;
